@@ -1,0 +1,57 @@
+"""Fixtures: a tiny real image dataset in the Hub's parquet layout, and a tiny timm model's weights file."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the Hub's retries
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import timm  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+CLASS_NAMES = ["red", "green", "blue"]
+TINY_MODEL = "test_resnet"
+
+
+def colour_images(count_per_class: int, size: int, seed: int) -> tuple[list[Image.Image], list[int]]:
+    """Noisy images whose dominant channel is their class: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in range(len(CLASS_NAMES)):
+        for _ in range(count_per_class):
+            pixels = rng.integers(0, 110, size=(size, size, 3), dtype=np.uint8)
+            pixels[..., label] += rng.integers(100, 145, dtype=np.uint8)
+            images.append(Image.fromarray(pixels))
+            labels.append(label)
+    return images, labels
+
+
+def make_dataset_folder(folder: Path, train_per_class: int = 40, test_per_class: int = 12, size: int = 16,
+                        image_column: str = "img", label_column: str = "label") -> Path:
+    """A DatasetDict written as parquet in the Hub's layout (plain_text/<split>-00000-of-00001.parquet)."""
+    features = datasets.Features({image_column: datasets.Image(), label_column: datasets.ClassLabel(names=CLASS_NAMES)})
+    (folder / "plain_text").mkdir(parents=True)
+    for split, per_class, seed in (("train", train_per_class, 0), ("test", test_per_class, 1)):
+        images, labels = colour_images(per_class, size, seed)
+        split_rows = datasets.Dataset.from_dict({image_column: images, label_column: labels}, features=features)
+        split_rows.to_parquet(str(folder / "plain_text" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return make_dataset_folder(tmp_path_factory.mktemp("tiny-cifar"))
+
+
+@pytest.fixture(scope="session")
+def pretrained_file(tmp_path_factory) -> Path:
+    """test_resnet weights in timm's format, standing in for the ImageNet checkpoint the Hub would give."""
+    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
+    model = timm.create_model(TINY_MODEL, pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path

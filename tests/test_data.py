@@ -1,0 +1,108 @@
+"""tl_space.data on real `datasets` objects built by the tests."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CLASS_NAMES, make_dataset_folder
+from tl_space import data
+from tl_space.errors import UserError
+from tl_space.settings import TrainSettings
+
+
+def test_open_dataset_finds_columns_and_class_names(tiny_dataset):
+    dataset_dict, image_column, label_column, class_names = data.open_dataset(str(tiny_dataset))
+    assert (image_column, label_column) == ("img", "label")
+    assert class_names == CLASS_NAMES
+    assert set(dataset_dict) == {"train", "test"}
+
+
+def test_cifar100_style_columns_are_found(tmp_path):
+    folder = make_dataset_folder(tmp_path / "c100", train_per_class=4, test_per_class=2,
+                                 image_column="image", label_column="fine_label")
+    _, image_column, label_column, class_names = data.open_dataset(str(folder))
+    assert (image_column, label_column) == ("image", "fine_label")
+    assert class_names == CLASS_NAMES
+
+
+def test_missing_column_names_the_columns(tiny_dataset):
+    with pytest.raises(UserError, match=r"--label-column: 'nope' is not one among the dataset's columns \['img', 'label'\]"):
+        data.open_dataset(str(tiny_dataset), label_column="nope")
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="neither a local folder nor a Hub dataset"):
+        data.open_dataset(str(tmp_path / "no-such-folder"))
+
+
+def test_save_to_disk_folder_loads(tmp_path, tiny_dataset):
+    dataset_dict = datasets.load_dataset(str(tiny_dataset))
+    dataset_dict.save_to_disk(str(tmp_path / "saved"))
+    assert data.open_dataset(str(tmp_path / "saved"))[3] == CLASS_NAMES
+
+
+def test_decode_keeps_native_size_and_fits_mixed_sizes():
+    images = [Image.new("RGB", (20, 10), (255, 0, 0)), Image.new("L", (8, 8), 128)]
+    split = datasets.Dataset.from_dict({"img": images, "label": [0, 1]},
+                                       features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}))
+    decoded = data.decode_images(split, "img", "label", size=12)
+    assert decoded.images.shape == (2, 3, 12, 12) and decoded.images.dtype == torch.uint8
+    assert decoded.images[1].unique().tolist() == [128]  # grey converted to RGB
+    same_size = data.decode_images(split.select([0]), "img", "label", size=12)
+    assert same_size.images.shape == (1, 3, 10, 20)
+
+
+def _labels(per_class: list[int]) -> torch.Tensor:
+    return torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])
+
+
+def _split(per_class: list[int]) -> data.LabelledImages:
+    labels = _labels(per_class)
+    # Each image carries its own index so overlaps between splits can be detected.
+    images = torch.arange(len(labels)).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.int64)
+    return data.LabelledImages(images, labels)
+
+
+def test_validation_is_stratified_and_disjoint_from_train():
+    train, val, test = data.split_data(_split([50, 30, 20]), _split([5, 5, 5]), CLASS_NAMES, val_size=10,
+                                       shots_per_class=None, train_fraction=None, max_train_samples=None,
+                                       max_eval_samples=None, seed=0)
+    assert torch.bincount(val.labels).tolist() == [5, 3, 2]
+    assert len(train) == 90 and len(test) == 15
+    assert not set(train.images[:, 0, 0, 0].tolist()) & set(val.images[:, 0, 0, 0].tolist())
+
+
+@pytest.mark.parametrize("shots, fraction, expected", [(7, None, [7, 7, 7]), (None, 0.1, [4, 4, 3])])
+def test_few_shot_subsets_have_the_asked_counts_per_class(shots, fraction, expected):
+    # After a stratified hold-out of 12 (5, 4, 3) the classes have 45, 36, 27: 10% rounds to 4, 4, 3.
+    train, _, _ = data.split_data(_split([50, 40, 30]), _split([2, 2, 2]), CLASS_NAMES, val_size=12,
+                                  shots_per_class=shots, train_fraction=fraction, max_train_samples=None,
+                                  max_eval_samples=None, seed=3)
+    assert torch.bincount(train.labels).tolist() == expected
+
+
+def test_subsets_are_seeded():
+    def pick(seed):
+        return data.split_data(_split([30, 30, 30]), _split([2, 2, 2]), CLASS_NAMES, val_size=9, shots_per_class=5,
+                               train_fraction=None, max_train_samples=None, max_eval_samples=None, seed=seed)[0]
+    assert torch.equal(pick(1).images, pick(1).images)
+    assert not torch.equal(pick(1).images, pick(2).images)
+
+
+def test_too_many_shots_names_the_class_and_the_limit():
+    with pytest.raises(UserError, match=r"--shots-per-class 30 is more than class 'blue' has for training \(18 images"):
+        data.split_data(_split([40, 40, 20]), _split([2, 2, 2]), CLASS_NAMES, val_size=10, shots_per_class=30,
+                        train_fraction=None, max_train_samples=None, max_eval_samples=None, seed=0)
+
+
+def test_decode_splits_rejects_unlabelled_rows(tmp_path):
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    pixels = [Image.fromarray(np.zeros((4, 4, 3), np.uint8))] * 4
+    dataset_dict = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"img": pixels, "label": [0, 1, 0, 1]}, features=features),
+        "test": datasets.Dataset.from_dict({"img": pixels, "label": [-1, -1, -1, -1]}, features=features),
+    })
+    with pytest.raises(UserError, match="labels outside 0..1"):
+        data.decode_splits(dataset_dict, "img", "label", ["a", "b"], 4, TrainSettings(val_size=2))

@@ -1,0 +1,78 @@
+"""What each strategy trains, on a real timm model."""
+
+import pytest
+import timm
+import torch
+
+from tl_space import model as model_module
+from tl_space.errors import UserError
+
+
+@pytest.fixture
+def resnet():
+    return timm.create_model("test_resnet", num_classes=3)
+
+
+def _trainable_names(model, strategy, stages=1):
+    trainable = {id(p) for p in model_module.trainable_parameters(model, strategy, stages)}
+    return {name.split(".")[0] for name, p in model.named_parameters() if id(p) in trainable}
+
+
+def test_linear_probe_trains_only_the_head(resnet):
+    assert _trainable_names(resnet, "linear-probe") == {"fc"}
+
+
+def test_partial_trains_the_last_stages_and_head(resnet):
+    assert _trainable_names(resnet, "partial", 1) == {"layer4", "fc"}
+    assert _trainable_names(resnet, "partial", 2) == {"layer3", "layer4", "fc"}
+
+
+def test_partial_on_efficientnet_includes_blocks_after_the_boundary():
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    stages = model_module.stage_names(model)
+    trainable = {id(p) for p in model_module.trainable_parameters(model, "partial", 1)}
+    names = {name for name, p in model.named_parameters() if id(p) in trainable}
+    boundary = stages[-2]
+    assert not any(name.startswith(boundary + ".") for name in names)
+    assert any(name.startswith(model.pretrained_cfg["classifier"]) for name in names)
+    assert all(name.startswith(("blocks", "conv_head", "bn2", "classifier")) for name in names)
+
+
+def test_partial_with_too_many_stages_says_how_many_there_are(resnet):
+    with pytest.raises(UserError, match=r"--unfreeze-stages 9 must be between 1 and 5"):
+        model_module.trainable_parameters(resnet, "partial", 9)
+
+
+def test_frozen_batchnorm_keeps_its_statistics(resnet):
+    count = model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, "linear-probe"))
+    assert count == sum(p.numel() for p in resnet.fc.parameters())
+    model_module.train_mode(resnet)
+    before = resnet.bn1.running_mean.clone()
+    resnet(torch.randn(4, 3, 32, 32) * 5 + 3)
+    assert torch.equal(before, resnet.bn1.running_mean)
+    assert resnet.fc.training and not resnet.layer1.training
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(UserError, match=r"--model 'resnet_nope' is not a timm model name.*similar names: resnet"):
+        model_module.check_model_name("resnet_nope")
+
+
+def test_missing_pretrained_file_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="--pretrained-file .* does not exist"):
+        model_module.create_model("test_resnet", 3, pretrained=True, pretrained_file=str(tmp_path / "none.safetensors"))
+
+
+def test_pretrained_file_loads_the_backbone(pretrained_file):
+    from safetensors.torch import load_file
+    model = model_module.create_model("test_resnet", 3, pretrained=True, pretrained_file=str(pretrained_file))
+    weights = load_file(str(pretrained_file))
+    assert torch.equal(model.conv1[0].weight, weights["conv1.0.weight"])
+    assert model.fc.out_features == 3
+
+
+def test_pooled_features_feed_the_classifier(resnet):
+    resnet.eval()
+    inputs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(resnet.fc(model_module.pooled_features(resnet, inputs)), resnet(inputs), atol=1e-5)

@@ -1,0 +1,253 @@
+"""Dataset -> uint8 image tensors: loading, column detection, stratified splits and few-shot subsets."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from tl_space.errors import UserError
+from tl_space.settings import TrainSettings
+
+IMAGE_COLUMN_NAMES = ("img", "image", "images", "pixel_values")
+LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "coarse_label", "class")
+# Parquet and Arrow decoding: rows handled per batch, to bound memory while decoding.
+DECODE_BATCH_ROWS = 2048
+
+
+@dataclass
+class LabelledImages:
+    """A split held in memory: images as one uint8 tensor (N, 3, H, W) and labels as int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "LabelledImages":
+        return LabelledImages(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class DataSplits:
+    train: LabelledImages
+    val: LabelledImages
+    test: LabelledImages
+    class_names: list[str]
+    image_column: str
+    label_column: str
+
+
+def load_dataset_dict(name: str) -> datasets.DatasetDict:
+    """A DatasetDict from a local folder (parquet/arrow files or save_to_disk) or a Hub dataset id."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(path))
+        try:
+            return datasets.load_dataset(str(path))
+        except Exception as error:  # datasets raises many types for a folder it cannot read
+            raise UserError(f"--dataset {name!r} is a folder but holds no dataset that `datasets` can read "
+                            f"({type(error).__name__}: {error}); give a folder of parquet files with "
+                            "train/test in their names, a save_to_disk folder, or a Hub id") from error
+    if path.exists():
+        raise UserError(f"--dataset {name!r} is a file; give a folder or a Hub dataset id such as uoft-cs/cifar10")
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as error:
+        raise UserError(f"--dataset {name!r} is neither a local folder nor a Hub dataset that could be loaded "
+                        f"({type(error).__name__}: {error}); check the id (e.g. uoft-cs/cifar10), your network "
+                        "and HF_TOKEN, or give a local folder") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise UserError(f"--dataset {name!r} has no named splits; expected a DatasetDict with train and test")
+    return loaded
+
+
+def find_columns(features: datasets.Features, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The image and label column names: given ones checked, else found from the feature types."""
+    names = list(features)
+    if image_column is None:
+        image_column = next((c for c in names if isinstance(features[c], datasets.Image)), None)
+        image_column = image_column or next((c for c in IMAGE_COLUMN_NAMES if c in names), None)
+    if label_column is None:
+        label_column = next((c for c in LABEL_COLUMN_NAMES if isinstance(features.get(c), datasets.ClassLabel)), None)
+        label_column = label_column or next((c for c in names if isinstance(features[c], datasets.ClassLabel)), None)
+        label_column = label_column or next((c for c in LABEL_COLUMN_NAMES if c in names), None)
+    for option, column in (("--image-column", image_column), ("--label-column", label_column)):
+        if column is None or column not in names:
+            found = "none was found" if column is None else f"{column!r} is not one"
+            raise UserError(f"{option}: {found} among the dataset's columns {names}; pass {option} with one of them")
+    if not isinstance(features[image_column], datasets.Image):
+        raise UserError(f"--image-column {image_column!r} holds {features[image_column]}, not images; "
+                        f"pick one of {names}")
+    return image_column, label_column
+
+
+def class_names_of(split: datasets.Dataset, label_column: str) -> list[str]:
+    """Class names from a ClassLabel feature, else the sorted distinct label values as strings."""
+    feature = split.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    values = sorted(set(split[label_column]))
+    if values != list(range(len(values))):
+        raise UserError(f"--label-column {label_column!r} is not a ClassLabel and its values {values[:10]} "
+                        "are not 0..K-1; cast it to a ClassLabel first")
+    return [str(value) for value in values]
+
+
+def _decode_image(record: dict) -> Image.Image:
+    """One stored image (bytes or path) as an upright RGB PIL image."""
+    source = io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"]
+    with Image.open(source) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def _fit(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
+
+
+def decode_images(split: datasets.Dataset, image_column: str, label_column: str, size: int,
+                  progress: bool = False) -> LabelledImages:
+    """Decode a split once into uint8 tensors.
+
+    Images that all share one size keep it (CIFAR stays 32x32 and is resized later, on the device,
+    batch by batch); once a second size shows up, every image is fitted to size x size, since one
+    tensor needs one shape.
+    """
+    raw = split.cast_column(image_column, datasets.Image(decode=False))
+    arrays: list[np.ndarray] = []
+    fitting = False
+    for start in _progress(range(0, len(raw), DECODE_BATCH_ROWS), progress, "decode images"):
+        for record in raw[start:start + DECODE_BATCH_ROWS][image_column]:
+            image = _decode_image(record)
+            if fitting:
+                arrays.append(_fit(image, size))
+                continue
+            array = np.asarray(image)
+            if arrays and array.shape != arrays[0].shape:
+                fitting = True
+                arrays = [_fit(Image.fromarray(a), size) for a in arrays]
+                array = _fit(image, size)
+            arrays.append(array)
+    if not arrays:
+        raise UserError(f"a split of the dataset has no images in column {image_column!r}")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(split[label_column], dtype=torch.int64)
+    return LabelledImages(images, labels)
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=description)
+
+
+def stratified_counts(labels: torch.Tensor, num_classes: int, total: int) -> torch.Tensor:
+    """Per-class counts summing to total, proportional to each class's share (largest remainders)."""
+    class_sizes = torch.bincount(labels, minlength=num_classes).double()
+    exact = class_sizes * total / class_sizes.sum()
+    counts = exact.floor().long()
+    remainder_order = torch.argsort(exact - counts, descending=True, stable=True)
+    counts[remainder_order[: total - int(counts.sum())]] += 1
+    return torch.minimum(counts, class_sizes.long())
+
+
+def stratified_pick(labels: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded pick of counts[c] indices of each class c; returns (picked, rest), each sorted."""
+    picked = []
+    for class_index, count in enumerate(counts.tolist()):
+        members = torch.nonzero(labels == class_index).flatten()
+        order = torch.randperm(len(members), generator=generator)
+        picked.append(members[order[:count]])
+    picked_indices = torch.cat(picked).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[picked_indices] = False
+    return picked_indices, torch.nonzero(keep).flatten()
+
+
+def few_shot_counts(labels: torch.Tensor, class_names: list[str], shots_per_class: int | None,
+                    train_fraction: float | None) -> torch.Tensor | None:
+    """Per-class training counts for a few-shot subset, or None to keep every image."""
+    class_sizes = torch.bincount(labels, minlength=len(class_names))
+    if shots_per_class is not None:
+        smallest = int(class_sizes.min())
+        if shots_per_class > smallest:
+            name = class_names[int(class_sizes.argmin())]
+            raise UserError(f"--shots-per-class {shots_per_class} is more than class {name!r} has for training "
+                            f"({smallest} images after the validation hold-out); use at most {smallest}")
+        return torch.full_like(class_sizes, shots_per_class)
+    if train_fraction is not None:
+        return torch.clamp((class_sizes.double() * train_fraction).round().long(), min=1)
+    return None
+
+
+def default_val_size(train_size: int) -> int:
+    return min(5000, train_size // 10)
+
+
+def split_data(train: LabelledImages, test: LabelledImages, class_names: list[str], *, val_size: int | None,
+               shots_per_class: int | None, train_fraction: float | None, max_train_samples: int | None,
+               max_eval_samples: int | None, seed: int) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """Train/val/test: a stratified validation hold-out, then few-shot and size caps, all seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = len(class_names)
+    val_size = default_val_size(len(train)) if val_size is None else val_size
+    if not 0 < val_size < len(train):
+        raise UserError(f"--val-size {val_size} must be between 1 and {len(train) - 1} "
+                        f"(the train split has {len(train)} images)")
+    val_indices, train_indices = stratified_pick(train.labels, stratified_counts(train.labels, num_classes, val_size), generator)
+    val, train = train.subset(val_indices), train.subset(train_indices)
+
+    counts = few_shot_counts(train.labels, class_names, shots_per_class, train_fraction)
+    if counts is not None:
+        train = train.subset(stratified_pick(train.labels, counts, generator)[0])
+    if max_train_samples is not None and max_train_samples < len(train):
+        train = train.subset(stratified_pick(train.labels, stratified_counts(train.labels, num_classes, max_train_samples), generator)[0])
+    if max_eval_samples is not None:
+        val = _first(val, max_eval_samples, num_classes, generator)
+        test = _first(test, max_eval_samples, num_classes, generator)
+    return train, val, test
+
+
+def _first(split: LabelledImages, limit: int, num_classes: int, generator: torch.Generator) -> LabelledImages:
+    if limit >= len(split):
+        return split
+    return split.subset(stratified_pick(split.labels, stratified_counts(split.labels, num_classes, limit), generator)[0])
+
+
+def open_dataset(dataset: str, image_column: str | None = None, label_column: str | None = None,
+                 train_split: str = "train", test_split: str = "test") -> tuple[datasets.DatasetDict, str, str, list[str]]:
+    """Load a dataset (nothing decoded yet) and find its image column, label column and class names."""
+    dataset_dict = load_dataset_dict(dataset)
+    for option, split_name in (("--train-split", train_split), ("--test-split", test_split)):
+        if split_name not in dataset_dict:
+            raise UserError(f"{option} {split_name!r} is not a split of --dataset {dataset!r}; it has {list(dataset_dict)}")
+    image_column, label_column = find_columns(dataset_dict[train_split].features, image_column, label_column)
+    for split_name in (train_split, test_split):
+        missing = {image_column, label_column} - set(dataset_dict[split_name].column_names)
+        if missing:
+            raise UserError(f"split {split_name!r} of --dataset {dataset!r} lacks the column(s) {sorted(missing)}")
+    return dataset_dict, image_column, label_column, class_names_of(dataset_dict[train_split], label_column)
+
+
+def decode_splits(dataset_dict: datasets.DatasetDict, image_column: str, label_column: str, class_names: list[str],
+                  image_size: int, settings: TrainSettings, progress: bool = False) -> DataSplits:
+    """Decode train and test once, then make the seeded val hold-out and few-shot subsets from settings."""
+    train = decode_images(dataset_dict[settings.train_split], image_column, label_column, image_size, progress)
+    test = decode_images(dataset_dict[settings.test_split], image_column, label_column, image_size, progress)
+    for split_name, split in ((settings.train_split, train), (settings.test_split, test)):
+        if split.labels.min() < 0 or split.labels.max() >= len(class_names):
+            raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled rows?); "
+                            "pick labelled splits with --train-split / --test-split")
+    train, val, test = split_data(train, test, class_names, val_size=settings.val_size,
+                                  shots_per_class=settings.shots_per_class, train_fraction=settings.train_fraction,
+                                  max_train_samples=settings.max_train_samples,
+                                  max_eval_samples=settings.max_eval_samples, seed=settings.seed)
+    return DataSplits(train, val, test, class_names, image_column, label_column)

@@ -1,0 +1,117 @@
+"""The timm model: creation with pretrained weights, and what each strategy leaves trainable."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from tl_space.errors import UserError
+
+MODEL_SOURCES = ("hf-hub:", "local-dir:")
+
+
+def check_model_name(name: str) -> None:
+    """Stop early, with a hint, on a name timm does not know."""
+    if name.startswith(MODEL_SOURCES) or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=6, cutoff=0.6)
+    hint = f"; similar names: {', '.join(close)}" if close else ""
+    raise UserError(f"--model {name!r} is not a timm model name (see timm.list_models()){hint}")
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool, pretrained_file: str | None = None) -> nn.Module:
+    """A timm model with a fresh num_classes head; the backbone from ImageNet weights when pretrained.
+
+    pretrained_file overrides where the weights come from (timm's own `file` override), for machines
+    without the Hub.
+    """
+    check_model_name(name)
+    overlay = None
+    if pretrained and pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            raise UserError(f"--pretrained-file {pretrained_file!r} does not exist; give a timm-format "
+                            ".safetensors file, or leave it out to download the weights from the Hub")
+        overlay = {"file": str(Path(pretrained_file).resolve())}
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                 pretrained_cfg_overlay=overlay)
+    except (OSError, RuntimeError) as error:
+        if not pretrained:
+            raise
+        raise UserError(f"could not load pretrained weights for --model {name!r} ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}); check the network or HF_TOKEN, "
+                        "pass --pretrained-file with a local weights file, or use --strategy scratch") from error
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """Names of the modules that end each feature stage, from timm's feature_info, first to last."""
+    feature_info = getattr(model, "feature_info", None) or []
+    return [info["module"] for info in feature_info if info.get("module")]
+
+
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.get_classifier().parameters())
+
+
+def parameters_after(model: nn.Module, boundary: str) -> list[nn.Parameter]:
+    """Parameters of every module registered after the module named boundary (and outside it).
+
+    timm registers modules in forward order, so this is "everything downstream of that stage".
+    """
+    names = [name for name, _ in model.named_modules()]
+    if boundary not in names:
+        raise ValueError(f"no module named {boundary!r}")
+    after = names[names.index(boundary) + 1:]
+    downstream = [name for name in after if not name.startswith(boundary + ".")]
+    modules = dict(model.named_modules())
+    return [parameter for name in downstream for parameter in modules[name].parameters(recurse=False)]
+
+
+def trainable_parameters(model: nn.Module, strategy: str, unfreeze_stages: int = 1) -> list[nn.Parameter]:
+    """The parameters a strategy trains: the head alone, the last stages and head, or everything."""
+    if strategy in ("scratch", "finetune", "lp-ft"):
+        return list(model.parameters())
+    if strategy == "linear-probe":
+        return classifier_parameters(model)
+    if strategy != "partial":
+        raise ValueError(f"unknown strategy {strategy!r}")
+    stages = stage_names(model)
+    if not stages:
+        raise UserError(f"--strategy partial needs a model whose stages timm lists (feature_info); "
+                        f"{type(model).__name__} has none: use finetune or linear-probe")
+    if not 1 <= unfreeze_stages <= len(stages):
+        raise UserError(f"--unfreeze-stages {unfreeze_stages} must be between 1 and {len(stages)} "
+                        f"(this model's stages end at {', '.join(stages)})")
+    if unfreeze_stages == len(stages):
+        return list(model.parameters())
+    return parameters_after(model, stages[-unfreeze_stages - 1])
+
+
+def freeze_all_but(model: nn.Module, trainable: list[nn.Parameter]) -> int:
+    """Set requires_grad on exactly the given parameters; returns how many values will train."""
+    trainable_ids = {id(parameter) for parameter in trainable}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in trainable_ids)
+    return sum(parameter.numel() for parameter in trainable)
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), but modules whose weights are all frozen stay in eval mode.
+
+    A frozen backbone must also keep its BatchNorm running statistics and skip dropout; otherwise
+    "frozen" layers still drift with every training batch.
+    """
+    model.train()
+    for module in model.modules():
+        parameters = list(module.parameters())
+        if parameters and not any(parameter.requires_grad for parameter in parameters):
+            module.eval()
+
+
+def pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """What the classifier sees: the backbone's pooled (pre-logits) features."""
+    return model.forward_head(model.forward_features(inputs), pre_logits=True)

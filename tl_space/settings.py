@@ -1,0 +1,112 @@
+"""Run settings: one dataclass, filled from the command line, written into the model folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from tl_space.errors import UserError
+
+STRATEGIES = ("scratch", "linear-probe", "partial", "finetune", "lp-ft")
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+
+# Head-only training tolerates (and needs) a larger step than updating a pretrained backbone.
+HEAD_LR = 1e-3
+BACKBONE_LR = {"scratch": 1e-3, "partial": 3e-4, "finetune": 1e-4, "lp-ft": 1e-4}
+
+
+def _option(default, help: str, **argparse_kwargs):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainSettings:
+    """Every knob of a training run, with defaults that work."""
+
+    dataset: str = _option("uoft-cs/cifar10", "Hub dataset id, or a local folder in the same layout (parquet files or save_to_disk)")
+    image_column: str | None = _option(None, "image column; if unset, found from the features (img, image, ...)")
+    label_column: str | None = _option(None, "label column; if unset, found from the features (label, fine_label, ...)")
+    train_split: str = _option("train", "split to train (and hold validation images out of)")
+    test_split: str = _option("test", "split evaluated once, at the end")
+    model: str = _option("resnet18.a1_in1k", "any timm model name; its ImageNet weights come from the Hub unless --pretrained-file")
+    pretrained_file: str | None = _option(None, "local timm-format weights file (.safetensors) for the backbone")
+    strategy: str = _option("finetune", "what is trained", choices=STRATEGIES)
+    unfreeze_stages: int = _option(1, "with --strategy partial: how many of the last stages train, besides the head")
+    epochs: int = _option(5, "training epochs (for lp-ft: of the fine-tuning stage)")
+    probe_epochs: int = _option(10, "with --strategy lp-ft: epochs of the linear-probe stage")
+    batch_size: int = _option(128, "images per batch and process")
+    lr: float | None = _option(None, f"peak learning rate of AdamW; if unset, {HEAD_LR} for linear-probe (and the lp-ft probe stage), "
+                               + ", ".join(f"{lr} for {name}" for name, lr in BACKBONE_LR.items()))
+    weight_decay: float = _option(0.05, "AdamW weight decay")
+    image_size: int | None = _option(None, "side of the square input the model sees; if unset, the model's pretrained size")
+    seed: int = _option(42, "seed for splits, subsets, initialisation and augmentation")
+    train_fraction: float | None = _option(None, "few-shot: keep this fraction of each class's training images, e.g. 0.1")
+    shots_per_class: int | None = _option(None, "few-shot: keep exactly this many training images per class, e.g. 50")
+    val_size: int | None = _option(None, "images held out of the train split for per-epoch validation, stratified; if unset, 10%% of it, at most 5000")
+    max_train_samples: int | None = _option(None, "quick runs: use at most this many training images (stratified)")
+    max_eval_samples: int | None = _option(None, "quick runs: use at most this many validation and test images each")
+    max_misclassified: int = _option(64, "most confident test mistakes saved to misclassified/")
+    mixed_precision: str = _option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
+                                   choices=MIXED_PRECISION_CHOICES)
+    report_to: str | None = _option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
+    output_dir: str = _option("runs/cifar10", "where the model folder is written")
+    overwrite: bool = _option(False, "replace an --output-dir that holds a different run")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _argument_type(annotation: str):
+    """The callable argparse converts a value with, from the field's (string) annotation."""
+    for name, convert in (("int", int), ("float", float)):
+        if annotation.startswith(name):
+            return convert
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one --option per TrainSettings field, its default shown."""
+    parser = argparse.ArgumentParser(
+        description="Fine-tune an ImageNet-pretrained timm model on an image classification dataset "
+                    "and write a complete model folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for settings_field in dataclasses.fields(TrainSettings):
+        flag = "--" + settings_field.name.replace("_", "-")
+        extra = {k: v for k, v in settings_field.metadata.items() if k != "help"}
+        if settings_field.type == "bool":
+            parser.add_argument(flag, action="store_true", help=settings_field.metadata["help"])
+            continue
+        parser.add_argument(flag, type=_argument_type(settings_field.type), default=settings_field.default,
+                            help=settings_field.metadata["help"], **extra)
+    return parser
+
+
+def parse_settings(argv: typing.Sequence[str] | None = None) -> TrainSettings:
+    """TrainSettings from command-line arguments (sys.argv when argv is None)."""
+    namespace = build_parser().parse_args(argv)
+    return TrainSettings(**vars(namespace))
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Stop before any work on a value that can never be right, naming it and what is accepted."""
+    if settings.strategy not in STRATEGIES:
+        raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if settings.mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise UserError(f"--mixed-precision {settings.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
+    positive = ("epochs", "batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
+                "max_train_samples", "max_eval_samples", "lr")
+    for name in positive:
+        value = getattr(settings, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} {value} must be greater than 0")
+    if settings.strategy == "lp-ft" and settings.probe_epochs <= 0:
+        raise UserError(f"--probe-epochs {settings.probe_epochs} must be greater than 0 with --strategy lp-ft")
+    if settings.train_fraction is not None and not 0 < settings.train_fraction <= 1:
+        raise UserError(f"--train-fraction {settings.train_fraction} must be in (0, 1], e.g. 0.1 for 10%")
+    if settings.train_fraction is not None and settings.shots_per_class is not None:
+        raise UserError("--train-fraction and --shots-per-class both pick a few-shot subset; give one of them")
+    if settings.max_misclassified < 0 or settings.weight_decay < 0:
+        raise UserError("--max-misclassified and --weight-decay must not be negative")

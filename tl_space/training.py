@@ -1,0 +1,281 @@
+"""The training run: one accelerate loop, where the strategy decides what trains and on which inputs."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tl_space import data as data_module
+from tl_space import model as model_module
+from tl_space.errors import UserError
+from tl_space.evaluation import classification_metrics, misclassified_records
+from tl_space.report import check_output_dir, write_model_folder
+from tl_space.settings import BACKBONE_LR, HEAD_LR, TrainSettings, check_settings
+from tl_space.transforms import Preprocessing, preprocessing_for, random_crop_flip, to_model_input
+
+# Maps a batch of split indices to what the trained module takes (augmented images, or cached features).
+InputsFn = Callable[[torch.Tensor, bool], torch.Tensor]
+WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class Stage:
+    """One phase of training: which module learns, on what inputs, for how long."""
+
+    name: str
+    module: nn.Module
+    train_inputs: InputsFn
+    val_inputs: InputsFn
+    epochs: int
+    lr: float
+
+
+def make_accelerator(settings: TrainSettings) -> Accelerator:
+    mixed_precision = None  # None: what `accelerate launch` / `accelerate config` chose
+    if settings.mixed_precision != "auto":
+        mixed_precision = settings.mixed_precision
+    elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        mixed_precision = "bf16"
+    return Accelerator(
+        # On a machine with no GPU, processes started by torchrun / `accelerate launch --multi_gpu` join one
+        # CPU (gloo) process group; accelerate only does that when told it runs on the CPU.
+        cpu=not torch.accelerator.is_available(),
+        mixed_precision=mixed_precision,
+        log_with=settings.report_to,
+        project_dir=settings.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def index_loader(count: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """Batches of indices into an in-memory split; accelerate shards them across processes."""
+    return DataLoader(range(count), batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+def image_inputs(images: torch.Tensor, preprocessing: Preprocessing, generator: torch.Generator) -> InputsFn:
+    """Indices -> model input, augmented (crop + flip) when training."""
+    def inputs(indices: torch.Tensor, training: bool) -> torch.Tensor:
+        batch = images[indices.to(images.device)]
+        if training:
+            batch = random_crop_flip(batch, generator)
+        return to_model_input(batch, preprocessing)
+    return inputs
+
+
+@torch.inference_mode()
+def predict(accelerator: Accelerator, module: nn.Module, inputs: InputsFn, count: int, batch_size: int,
+            description: str = "") -> torch.Tensor:
+    """Outputs of module for every index 0..count-1, in order, gathered over processes without duplicates."""
+    loader = accelerator.prepare(index_loader(count, batch_size, shuffle=False, seed=0))
+    was_training = module.training
+    module.eval()
+    outputs = []
+    for indices in tqdm(loader, desc=description, disable=not description or not accelerator.is_local_main_process,
+                        leave=False):
+        with accelerator.autocast():
+            batch_outputs = module(inputs(indices, False)).float()
+        outputs.append(accelerator.gather_for_metrics(batch_outputs))
+    module.train(was_training)
+    return torch.cat(outputs).cpu()
+
+
+class PooledFeatures(nn.Module):
+    """The backbone up to the classifier's input, as a module predict() can run."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return model_module.pooled_features(self.model, inputs)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup_steps = max(1, int(total_steps * WARMUP_FRACTION))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits: data_module.DataSplits,
+                settings: TrainSettings, best: dict, history: list[dict]) -> None:
+    """Train stage.module for stage.epochs; append per-epoch metrics to history; keep the best model in best."""
+    trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
+    loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed)
+    module, optimizer, loader = accelerator.prepare(stage.module, optimizer, loader)
+    # Counted in optimizer steps of the sharded loader and stepped by us, not by accelerate's per-process
+    # scheduler wrapper: N processes then follow the same schedule as one process with N times the batch.
+    scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader))
+    train_labels = splits.train.labels.to(accelerator.device)
+    first_epoch = len(history) + 1
+    for epoch in range(first_epoch, first_epoch + stage.epochs):
+        loader.set_epoch(epoch)
+        model_module.train_mode(module)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        correct = torch.zeros((), device=accelerator.device)
+        seen = torch.zeros((), device=accelerator.device)
+        progress = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{first_epoch + stage.epochs - 1}",
+                        disable=not accelerator.is_local_main_process)
+        for indices in progress:
+            indices = indices.to(accelerator.device)
+            labels = train_labels[indices]
+            with accelerator.autocast():
+                logits = module(stage.train_inputs(indices, True))
+                loss = F.cross_entropy(logits.float(), labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise UserError(f"the training loss became {loss.item()} in epoch {epoch}; "
+                                f"lower --lr (now {stage.lr}) or use --mixed-precision no")
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+        totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
+        train_seconds = time.perf_counter() - started
+        val_logits = predict(accelerator, accelerator.unwrap_model(module), stage.val_inputs, len(splits.val),
+                             settings.batch_size)
+        val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
+        entry = {
+            "epoch": epoch, "stage": stage.name,
+            "train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "seconds": time.perf_counter() - started, "train_images_per_second": float(totals[2]) / train_seconds,
+            "lr": stage.lr,
+        }
+        history.append(entry)
+        accelerator.log({k: v for k, v in entry.items() if k != "stage"}, step=epoch)
+        if accelerator.is_main_process:
+            tqdm.write(f"epoch {epoch} ({stage.name}): train loss {entry['train_loss']:.4f} "
+                       f"acc {entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} "
+                       f"acc {entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
+        if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
+            best.update(accuracy=entry["val_accuracy"], epoch=epoch,
+                        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    accelerator.free_memory()
+
+
+def feature_stage(accelerator: Accelerator, model: nn.Module, splits: data_module.DataSplits,
+                  image_inputs_by_split: dict[str, InputsFn], settings: TrainSettings, epochs: int) -> tuple[Stage, dict]:
+    """Linear probe on a frozen backbone: its pooled features are computed once, then only the head trains on them."""
+    backbone = PooledFeatures(model)
+    features = {name: predict(accelerator, backbone, inputs, len(getattr(splits, name)), settings.batch_size,
+                              description=f"features ({name})").to(accelerator.device)
+                for name, inputs in image_inputs_by_split.items()}
+    lr = HEAD_LR if settings.strategy == "lp-ft" else settings.lr or HEAD_LR
+    stage = Stage("linear-probe", model.get_classifier(), feature_inputs(features["train"]),
+                  feature_inputs(features["val"]), epochs, lr)
+    return stage, features
+
+
+def feature_inputs(split_features: torch.Tensor) -> InputsFn:
+    return lambda indices, training: split_features[indices.to(split_features.device)]
+
+
+def base_model_id(model: nn.Module, settings: TrainSettings) -> str | None:
+    """The Hub id of the pretrained weights the run started from (timm/<name>.<tag>), None from scratch."""
+    if settings.strategy == "scratch":
+        return None
+    if settings.model.startswith("hf-hub:"):
+        return settings.model.removeprefix("hf-hub:")
+    return model.pretrained_cfg.get("hf_hub_id")
+
+
+def run(settings: TrainSettings) -> Path:
+    """Train, evaluate and write the model folder; returns its path."""
+    check_settings(settings)
+    output_dir = check_output_dir(Path(settings.output_dir), settings)
+    accelerator = make_accelerator(settings)
+    set_seed(settings.seed)
+    started = time.perf_counter()
+    model_module.check_model_name(settings.model)
+    dataset_dict, image_column, label_column, class_names = data_module.open_dataset(
+        settings.dataset, settings.image_column, settings.label_column, settings.train_split, settings.test_split)
+
+    with accelerator.main_process_first():  # one process downloads the weights, the others read the cache
+        model = model_module.create_model(settings.model, len(class_names), pretrained=settings.strategy != "scratch",
+                                          pretrained_file=settings.pretrained_file)
+    trainable = model_module.trainable_parameters(model, settings.strategy, settings.unfreeze_stages)
+    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model), settings.image_size)
+    splits = data_module.decode_splits(dataset_dict, image_column, label_column, class_names, preprocessing.image_size,
+                                       settings, progress=accelerator.is_local_main_process)
+    model = model.to(accelerator.device, memory_format=torch.channels_last)
+    # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
+    generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
+    image_inputs_by_split = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)
+                             for name in ("train", "val", "test")}
+
+    history: list[dict] = []
+    best: dict = {}
+    if settings.strategy in ("linear-probe", "lp-ft"):
+        model_module.freeze_all_but(model, model_module.classifier_parameters(model))
+        epochs = settings.probe_epochs if settings.strategy == "lp-ft" else settings.epochs
+        stage, features = feature_stage(accelerator, model, splits, image_inputs_by_split, settings, epochs)
+        train_stage(accelerator, stage, model, splits, settings, best, history)
+    if settings.strategy != "linear-probe":
+        if settings.strategy == "lp-ft":
+            model.load_state_dict(best["state"])  # fine-tune from the best probe head
+        model_module.freeze_all_but(model, trainable)
+        stage = Stage("finetune" if settings.strategy == "lp-ft" else settings.strategy, model,
+                      image_inputs_by_split["train"], image_inputs_by_split["val"],
+                      settings.epochs, settings.lr or BACKBONE_LR[settings.strategy])
+        train_stage(accelerator, stage, model, splits, settings, best, history)
+
+    model.load_state_dict(best["state"])
+    if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass
+        test_logits = predict(accelerator, model.get_classifier(), feature_inputs(features["test"]), len(splits.test),
+                              settings.batch_size)
+    else:
+        test_logits = predict(accelerator, model, image_inputs_by_split["test"], len(splits.test), settings.batch_size,
+                              description="test")
+    test = classification_metrics(test_logits, splits.test.labels, splits.class_names)
+    test["best_epoch"] = best["epoch"]
+    trained_images = len(splits.train) * len(history)
+    training_seconds = sum(entry["seconds"] for entry in history)
+    metrics = {
+        "history": history,
+        "test": test,
+        "settings": settings.to_dict(),
+        "model": {"architecture": model.pretrained_cfg.get("architecture", settings.model),
+                  "base_model": base_model_id(model, settings), "pretrained_file": settings.pretrained_file},
+        "preprocessing": preprocessing.to_dict(),
+        "data": {"train_images": len(splits.train), "val_images": len(splits.val), "test_images": len(splits.test),
+                 "train_images_per_class": dict(zip(splits.class_names, torch.bincount(
+                     splits.train.labels, minlength=len(splits.class_names)).tolist())),
+                 "class_names": splits.class_names, "image_column": image_column, "label_column": label_column},
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "timing": {"total_seconds": time.perf_counter() - started, "training_seconds": training_seconds,
+                   "train_images_per_second": trained_images / max(training_seconds, 1e-9)},
+        "hardware": {"device": str(accelerator.device), "processes": accelerator.num_processes,
+                     "mixed_precision": accelerator.mixed_precision,
+                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+    }
+    mistakes = misclassified_records(test_logits, splits.test.labels, splits.class_names, settings.max_misclassified)
+    accelerator.log({"test_accuracy": test["accuracy"], "test_loss": test["loss"]}, step=len(history))
+    if accelerator.is_main_process:
+        write_model_folder(output_dir, model, splits.class_names, preprocessing, metrics, mistakes, splits.test.images)
+        tqdm.write(f"test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}); model folder: {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes trackers and, in newer accelerate, the process group: last
+    return output_dir

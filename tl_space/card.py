@@ -56,13 +56,16 @@ Every setting of the run is in `metrics.json` under `settings`.
 import timm, torch
 from PIL import Image
 
-model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval()  # or "hf-hub:USER/REPO"
+model = timm.create_model("{{ model_reference }}", pretrained=True).eval()
 config = timm.data.resolve_model_data_config(model)
 transform = timm.data.create_transform(**config)
 with torch.inference_mode():
     probabilities = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)
 print(model.pretrained_cfg["label_names"][probabilities.argmax()])
 ```
+
+To see it with a top-5 bar, example images, its mistakes and this report, serve it with tl-space's Gradio app:
+`MODEL_ID={{ app_model_id }} python app.py`.
 """
 
 
@@ -97,6 +100,8 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
     device = hardware["gpu"] or hardware["device"]
     return ModelCard.from_template(
         card_data, template_str=CARD_TEMPLATE,
+        model_reference=f"hf-hub:{settings['hub_model_id']}" if settings.get("hub_model_id") else "local-dir:PATH_TO_THIS_FOLDER",
+        app_model_id=settings.get("hub_model_id") or "PATH_TO_THIS_FOLDER",
         model_name=model_name, num_classes=len(metrics["data"]["class_names"]),
         class_list=", ".join(metrics["data"]["class_names"][:20]) + ("…" if len(metrics["data"]["class_names"]) > 20 else ""),
         strategy=settings["strategy"], architecture=metrics["model"]["architecture"], base_model=base_model,

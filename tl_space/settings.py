@@ -53,6 +53,10 @@ class TrainSettings:
     report_to: str | None = _option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
     output_dir: str = _option("runs/cifar10", "where the model folder is written")
     overwrite: bool = _option(False, "replace an --output-dir that holds a different run")
+    push_to_hub: bool = _option(False, "upload the model folder to the Hugging Face Hub after training "
+                                       "(the token is checked before training starts)")
+    hub_model_id: str | None = _option(None, "OWNER/NAME of the model repo to push to")
+    private: bool = _option(False, "with --push-to-hub: create the repo private")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tl_space import data as data_module
+from tl_space import hub
 from tl_space import model as model_module
 from tl_space.errors import UserError
 from tl_space.evaluation import classification_metrics, misclassified_records
@@ -201,10 +202,25 @@ def base_model_id(model: nn.Module, settings: TrainSettings) -> str | None:
     return model.pretrained_cfg.get("hf_hub_id")
 
 
+def push(output_dir: Path, settings: TrainSettings, test_accuracy: float) -> None:
+    """Upload the finished folder; on failure the folder stays whole and the error says how to retry."""
+    message = (f"{settings.strategy} {settings.model} on {settings.dataset}: "
+               f"test accuracy {test_accuracy:.4f} ({output_dir.name})")
+    try:
+        url = hub.push_model_folder(output_dir, settings.hub_model_id, private=settings.private, commit_message=message)
+    except Exception as error:
+        raise UserError(f"the model folder {output_dir} is complete, but pushing it to {settings.hub_model_id} failed "
+                        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); retry the "
+                        f"upload alone with: {hub.retry_command(output_dir, settings.hub_model_id, settings.private)}") from error
+    tqdm.write(f"pushed to https://huggingface.co/{settings.hub_model_id} ({url})")
+
+
 def run(settings: TrainSettings) -> Path:
     """Train, evaluate and write the model folder; returns its path."""
     check_settings(settings)
     output_dir = check_output_dir(Path(settings.output_dir), settings)
+    if settings.push_to_hub:  # a missing or read-only token must not cost a training run
+        hub.check_push_access(settings.hub_model_id)
     accelerator = make_accelerator(settings)
     set_seed(settings.seed)
     started = time.perf_counter()
@@ -276,6 +292,8 @@ def run(settings: TrainSettings) -> Path:
     if accelerator.is_main_process:
         write_model_folder(output_dir, model, splits.class_names, preprocessing, metrics, mistakes, splits.test.images)
         tqdm.write(f"test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}); model folder: {output_dir}")
+        if settings.push_to_hub:
+            push(output_dir, settings, test["accuracy"])
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes trackers and, in newer accelerate, the process group: last
     return output_dir

@@ -1,0 +1,167 @@
+"""Publishing to and loading from the Hub, offline: HfApi's HTTP calls are the one thing stood in for."""
+
+import json
+import shutil
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import HfApi
+
+from conftest import CLASS_NAMES
+from test_training import tiny_settings
+from tl_space import hub
+from tl_space.errors import UserError
+from tl_space.training import run
+from tl_space.transforms import to_model_input
+
+FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
+
+
+class FakeHub:
+    """Records what would go over HTTP; answers whoami like the Hub does."""
+
+    def __init__(self, role: str = "write", fail_uploads: int = 0):
+        self.role, self.fail_uploads = role, fail_uploads
+        self.calls: list[tuple[str, dict]] = []
+
+    def install(self, monkeypatch):
+        fake = self
+
+        def whoami(api, token=None, cache=False):
+            fake.calls.append(("whoami", {}))
+            return {"type": "user", "name": "me", "orgs": [{"name": "my-org"}],
+                    "auth": {"accessToken": {"role": fake.role}}}
+
+        def create_repo(api, repo_id, **kwargs):
+            fake.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(api, **kwargs):
+            fake.calls.append(("upload_folder", kwargs))
+            if fake.fail_uploads:
+                fake.fail_uploads -= 1
+                raise ConnectionError("connection reset by peer")
+            return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc"
+
+        for name, method in (("whoami", whoami), ("create_repo", create_repo), ("upload_folder", upload_folder)):
+            monkeypatch.setattr(HfApi, name, method)
+        return self
+
+    def named(self, name):
+        return [kwargs for call, kwargs in self.calls if call == name]
+
+
+@pytest.fixture
+def logged_in(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+
+
+@pytest.fixture
+def logged_out(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+
+
+def test_push_uploads_the_folder_with_the_users_repo_and_flags(tiny_dataset, pretrained_file, tmp_path, monkeypatch,
+                                                               logged_in, capsys):
+    fake = FakeHub().install(monkeypatch)
+    folder = tmp_path / "pushed"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=1, push_to_hub=True,
+                      hub_model_id="my-org/tiny-colours", private=True))
+    assert fake.named("create_repo") == [{"repo_id": "my-org/tiny-colours", "private": True, "exist_ok": True,
+                                          "repo_type": "model"}]
+    [upload] = fake.named("upload_folder")
+    assert upload["folder_path"] == str(folder.resolve()) and upload["repo_id"] == "my-org/tiny-colours"
+    assert "linear-probe test_resnet" in upload["commit_message"]
+    card = (folder / "README.md").read_text()
+    assert 'timm.create_model("hf-hub:my-org/tiny-colours"' in card
+    # The token reaches no output, no file of the folder, no model card.
+    captured = capsys.readouterr()
+    assert FAKE_TOKEN not in captured.out + captured.err
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_missing_token_fails_before_training(tiny_dataset, pretrained_file, tmp_path, monkeypatch, logged_out):
+    fake = FakeHub().install(monkeypatch)
+    settings = tiny_settings(tiny_dataset, tmp_path / "never", pretrained_file, push_to_hub=True, hub_model_id="me/x")
+    with pytest.raises(UserError, match=r"needs a Hugging Face token: run `hf auth login`"):
+        run(settings)
+    assert not (tmp_path / "never").exists() and fake.calls == []
+
+
+@pytest.mark.parametrize("role, repo_id, message", [
+    ("read", "me/x", "cannot write to 'me'"),
+    ("write", "someone-else/x", "must be OWNER/NAME with OWNER one of \\['me', 'my-org'\\]"),
+])
+def test_token_that_cannot_write_there_fails_before_training(tiny_dataset, pretrained_file, tmp_path, monkeypatch,
+                                                              logged_in, role, repo_id, message):
+    FakeHub(role=role).install(monkeypatch)
+    with pytest.raises(UserError, match=message):
+        run(tiny_settings(tiny_dataset, tmp_path / "never", pretrained_file, push_to_hub=True, hub_model_id=repo_id))
+    assert not (tmp_path / "never").exists()
+
+
+def test_failed_push_keeps_the_folder_and_the_retry_command_works(tiny_dataset, pretrained_file, tmp_path,
+                                                                  monkeypatch, logged_in, capsys):
+    fake = FakeHub(fail_uploads=1).install(monkeypatch)
+    folder = tmp_path / "kept"
+    with pytest.raises(UserError) as raised:
+        run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=1, push_to_hub=True,
+                          hub_model_id="me/kept"))
+    message = str(raised.value)
+    assert "is complete, but pushing it to me/kept failed (ConnectionError" in message
+    command = message.split("retry the upload alone with: ")[1]
+    assert command == f"python -m tl_space.hub push {folder.resolve()} --hub-model-id me/kept"
+    for name in ("model.safetensors", "config.json", "metrics.json", "README.md", "misclassified.json"):
+        assert (folder / name).is_file()
+    assert hub.main(command.split()[3:]) == 0
+    assert fake.named("upload_folder")[-1]["folder_path"] == str(folder.resolve())
+    assert "pushed" in capsys.readouterr().out
+
+
+def test_push_command_refuses_a_folder_that_is_not_a_model(tmp_path, monkeypatch, logged_in, capsys):
+    FakeHub().install(monkeypatch)
+    assert hub.main(["push", str(tmp_path), "--hub-model-id", "me/x"]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+
+
+def _hub_cache_copy(folder, cache, repo_id):
+    """Lay a model folder out as huggingface_hub's cache does after a download."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo_cache / "snapshots" / revision)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(revision)
+
+
+def test_loading_from_a_folder_and_from_the_hub_cache_gives_identical_predictions(tiny_dataset, pretrained_file,
+                                                                                   tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="finetune", epochs=1))
+    cache = tmp_path / "hub-cache"
+    _hub_cache_copy(folder, cache, "me/tiny-colours")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    local = hub.load_model_folder(str(folder))
+    cached = hub.load_model_folder("me/tiny-colours")
+    assert cached.folder.is_relative_to(cache)
+    assert local.label_names == cached.label_names == CLASS_NAMES
+    assert local.preprocessing == cached.preprocessing and local.preprocessing.image_size == 32
+    assert local.metrics == json.loads((folder / "metrics.json").read_text()) == cached.metrics
+    assert local.misclassified == cached.misclassified
+    assert not local.model.training and next(local.model.parameters()).device.type == "cpu"
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.equal(local.model(to_model_input(images, local.preprocessing)),
+                           cached.model(to_model_input(images, cached.preprocessing)))
+
+
+def test_unreachable_model_id_names_the_id(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="model 'nobody/nothing' is neither a local model folder nor a Hub model"):
+        hub.load_model_folder("nobody/nothing")

@@ -1,0 +1,156 @@
+"""The Hugging Face Hub: check write access before training, push a model folder, load one back.
+
+Run as `python -m tl_space.hub push DIR --hub-model-id USER/REPO [--private]` to (re)upload a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.utils import HfHubHTTPError
+from torch import nn
+
+from tl_space.errors import UserError
+from tl_space.transforms import Preprocessing, preprocessing_for
+
+LOGIN_HINT = "run `hf auth login` (or `huggingface-cli login`) or set HF_TOKEN to a token with write access"
+
+
+def _write_allowed(token_info: dict, namespace: str) -> bool:
+    """Whether whoami's description of a token lets it write to repos of namespace."""
+    access = token_info.get("auth", {}).get("accessToken", {})
+    role = access.get("role")
+    if role == "read":
+        return False
+    if role != "fineGrained":
+        return True
+    scopes = access.get("fineGrained", {})
+    if "repo.write" in scopes.get("global", []):
+        return True
+    return any(scope.get("entity", {}).get("name") == namespace and "repo.write" in scope.get("permissions", [])
+               for scope in scopes.get("scoped", []))
+
+
+def check_push_access(repo_id: str | None, api: HfApi | None = None) -> str:
+    """Fail before any training when a push could not succeed; returns the repo id to push to.
+
+    Without repo_id the repo is USER/<name> under the token's user; the token is never printed.
+    """
+    api = api or HfApi()
+    if api.token is None and not _has_saved_token():
+        raise UserError(f"--push-to-hub needs a Hugging Face token: {LOGIN_HINT}")
+    try:
+        token_info = api.whoami()
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status == 401:
+            raise UserError(f"--push-to-hub: the Hugging Face token was refused (invalid or expired); {LOGIN_HINT}") from error
+        raise UserError(f"--push-to-hub: could not reach the Hugging Face Hub to check the token ({type(error).__name__}); "
+                        "check the network, or train without --push-to-hub and push the folder later") from error
+    except OSError as error:
+        raise UserError(f"--push-to-hub: could not reach the Hugging Face Hub to check the token ({type(error).__name__}); "
+                        "check the network, or train without --push-to-hub and push the folder later") from error
+    if repo_id is None:
+        raise UserError("--push-to-hub needs --hub-model-id, e.g. "
+                        f"--hub-model-id {token_info.get('name', 'USER')}/cifar10-resnet18")
+    namespace = repo_id.split("/")[0]
+    member_of = {token_info.get("name")} | {org.get("name") for org in token_info.get("orgs", [])}
+    if "/" not in repo_id or namespace not in member_of:
+        raise UserError(f"--hub-model-id {repo_id!r} must be OWNER/NAME with OWNER one of {sorted(filter(None, member_of))}")
+    if not _write_allowed(token_info, namespace):
+        raise UserError(f"--push-to-hub: the Hugging Face token cannot write to {namespace!r}; {LOGIN_HINT}")
+    return repo_id
+
+
+def _has_saved_token() -> bool:
+    from huggingface_hub import get_token
+    return get_token() is not None
+
+
+def retry_command(folder: Path, repo_id: str, private: bool) -> str:
+    return f"python -m tl_space.hub push {folder} --hub-model-id {repo_id}" + (" --private" if private else "")
+
+
+def push_model_folder(folder: Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
+                      api: HfApi | None = None) -> str:
+    """Create the model repo if needed and upload the whole folder in one commit; returns the commit URL."""
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        raise UserError(f"{str(folder)!r} is not a model folder (no model.safetensors and config.json); "
+                        "give the --output-dir of a finished train.py run")
+    api = api or HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                               commit_message=commit_message or f"Upload {folder.name} (tl-space)")
+    return str(getattr(commit, "commit_url", commit))
+
+
+@dataclass
+class LoadedModel:
+    """What the app needs from a model folder: the model (eval, CPU) and everything written beside it."""
+
+    model: nn.Module
+    label_names: list[str]
+    preprocessing: Preprocessing
+    metrics: dict
+    misclassified: list[dict]
+    folder: Path
+    source: str
+
+
+def resolve_model_folder(source: str) -> Path:
+    """A local folder as is; a Hub id through the local Hub cache (works with HF_HUB_OFFLINE=1 once cached)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        return Path(snapshot_download(repo_id=source.removeprefix("hf-hub:"), repo_type="model"))
+    except Exception as error:  # huggingface_hub raises many types: offline, not found, gated, bad id
+        raise UserError(f"model {source!r} is neither a local model folder nor a Hub model that could be fetched "
+                        f"({type(error).__name__}); check the id and the network, log in for a private repo, "
+                        "or give the path of a train.py --output-dir") from error
+
+
+def load_model_folder(source: str) -> LoadedModel:
+    """The trained classifier and its folder's metrics and misclassified records, from a Hub id or a local folder."""
+    folder = resolve_model_folder(source)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"model {source!r} has no config.json: not a timm model folder written by train.py")
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    label_names = list(model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)])
+    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
+    metrics = _read_json(folder / "metrics.json", {})
+    misclassified = _read_json(folder / "misclassified.json", [])
+    return LoadedModel(model, label_names, preprocessing, metrics, misclassified, folder, source)
+
+
+def _read_json(path: Path, default):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tl_space.hub", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser("push", help="upload a model folder to the Hub in one commit")
+    push.add_argument("folder", type=Path, help="a train.py --output-dir")
+    push.add_argument("--hub-model-id", required=True, help="OWNER/NAME of the model repo")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    args = parser.parse_args(argv)
+    try:
+        repo_id = check_push_access(args.hub_model_id)
+        url = push_model_folder(args.folder, repo_id, private=args.private)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.folder} to https://huggingface.co/{repo_id} ({url})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

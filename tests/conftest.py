@@ -14,18 +14,21 @@ import timm  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-CLASS_NAMES = ["red", "green", "blue"]
+# Six classes, more than the app's top 5; each lights one or two colour channels.
+CLASS_CHANNELS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1), "cyan": (1, 2), "magenta": (0, 2)}
+CLASS_NAMES = list(CLASS_CHANNELS)
 TINY_MODEL = "test_resnet"
 
 
 def colour_images(count_per_class: int, size: int, seed: int) -> tuple[list[Image.Image], list[int]]:
-    """Noisy images whose dominant channel is their class: learnable in a few steps."""
+    """Noisy images whose bright channels are their class: learnable in a few steps."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    for label in range(len(CLASS_NAMES)):
+    for label, channels in enumerate(CLASS_CHANNELS.values()):
         for _ in range(count_per_class):
             pixels = rng.integers(0, 110, size=(size, size, 3), dtype=np.uint8)
-            pixels[..., label] += rng.integers(100, 145, dtype=np.uint8)
+            for channel in channels:
+                pixels[..., channel] += rng.integers(100, 145, dtype=np.uint8)
             images.append(Image.fromarray(pixels))
             labels.append(label)
     return images, labels

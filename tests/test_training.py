@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def tiny_settings(dataset: Path, output_dir: Path, pretrained_file: Path, **overrides) -> TrainSettings:
     values = dict(dataset=str(dataset), model=TINY_MODEL, pretrained_file=str(pretrained_file), epochs=2,
-                  probe_epochs=2, batch_size=32, image_size=32, val_size=15, output_dir=str(output_dir),
+                  probe_epochs=2, batch_size=32, image_size=32, val_size=30, output_dir=str(output_dir),
                   mixed_precision="no")
     values.update(overrides)
     return TrainSettings(**values)
@@ -57,8 +57,9 @@ def test_metrics_are_complete_and_consistent(trained):
         assert 0 <= entry["train_accuracy"] <= 1 and 0 <= entry["val_accuracy"] <= 1
     test = metrics["test"]
     matrix = torch.tensor(test["confusion_matrix"])
-    assert matrix.sum() == test["num_images"] == 36
-    assert matrix.diagonal().sum().item() / 36 == pytest.approx(test["accuracy"])
+    test_size = 12 * len(CLASS_NAMES)
+    assert matrix.sum() == test["num_images"] == test_size
+    assert matrix.diagonal().sum().item() / test_size == pytest.approx(test["accuracy"])
     assert set(test["per_class_accuracy"]) == set(CLASS_NAMES)
     assert metrics["settings"]["strategy"] == strategy and metrics["settings"]["epochs"] == 2
     assert metrics["timing"]["total_seconds"] > 0 and metrics["timing"]["train_images_per_second"] > 0
@@ -68,7 +69,7 @@ def test_metrics_are_complete_and_consistent(trained):
 
 def test_trainable_parameters_follow_the_strategy(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
-    head = 96 * 3 + 3
+    head = 96 * len(CLASS_NAMES) + len(CLASS_NAMES)
     total = metrics["total_parameters"]
     expected = {"linear-probe": head, "scratch": total, "finetune": total, "lp-ft": total}
     strategy = metrics["settings"]["strategy"]
@@ -115,7 +116,7 @@ def test_few_shot_run_trains_on_the_asked_counts(tiny_dataset, pretrained_file, 
     run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", shots_per_class=5))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["data"]["train_images_per_class"] == {name: 5 for name in CLASS_NAMES}
-    assert metrics["data"]["val_images"] == 15
+    assert metrics["data"]["val_images"] == 30 and metrics["data"]["train_images"] == 5 * len(CLASS_NAMES)
 
 
 def test_rerun_with_same_settings_replaces_the_folder(tiny_dataset, pretrained_file, tmp_path):
@@ -146,7 +147,7 @@ def _train_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, pretrained_file, tmp_path):
     common = ["--model", TINY_MODEL, "--pretrained-file", str(pretrained_file), "--image-size", "32",
-              "--val-size", "15", "--epochs", "1"]
+              "--val-size", "30", "--epochs", "1"]
     previous = tmp_path / "previous"
     run(tiny_settings(tiny_dataset, previous, pretrained_file, strategy="linear-probe", epochs=1))
     cases = [
@@ -172,7 +173,7 @@ def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, 
 def test_two_processes_give_the_same_test_metrics_as_one(tiny_dataset, pretrained_file, tmp_path):
     """Linear probe has no augmentation: 2 processes x 16 images per step must match 1 x 32, each image once."""
     common = ["--dataset", str(tiny_dataset), "--model", TINY_MODEL, "--pretrained-file", str(pretrained_file),
-              "--strategy", "linear-probe", "--epochs", "4", "--lr", "0.05", "--image-size", "32", "--val-size", "15",
+              "--strategy", "linear-probe", "--epochs", "4", "--lr", "0.05", "--image-size", "32", "--val-size", "30",
               "--max-train-samples", "96", "--mixed-precision", "no"]
     single = _train_cli(*common, "--batch-size", "32", "--output-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
@@ -186,7 +187,7 @@ def test_two_processes_give_the_same_test_metrics_as_one(tiny_dataset, pretraine
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["hardware"]["processes"] == 2
-    assert two["test"]["num_images"] == one["test"]["num_images"] == 36
+    assert two["test"]["num_images"] == one["test"]["num_images"] == 12 * len(CLASS_NAMES)
     assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
     assert one["test"]["accuracy"] > 0.5  # it learned: a probe stuck on one class would make this test vacuous
     assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)

@@ -1,0 +1,39 @@
+"""The Gradio Space: `python app.py` (or `gradio app.py`); MODEL_ID picks the model, a Hub id or a local folder."""
+
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from tl_space.errors import UserError
+from tl_space.hub import load_model_folder
+from tl_space.inference import MAX_IMAGE_PIXELS
+from tl_space.ui import build_demo, build_error_page
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL = ROOT / "model"
+MAX_UPLOAD = "20mb"
+
+
+def create_demo(model_id: str | None = None) -> gr.Blocks:
+    """The page for model_id (default: MODEL_ID, else the bundled model/ folder), or a page saying why it failed."""
+    model_id = model_id or os.environ.get("MODEL_ID") or str(DEFAULT_MODEL)
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Gradio decodes uploads with PIL too: same bound there
+    try:
+        loaded = load_model_folder(model_id)
+    except UserError as error:
+        logging.getLogger("tl_space.app").error("%s Set MODEL_ID to a Hub model id or a model folder.", error)
+        return build_error_page(f"{error}\n\nSet `MODEL_ID` to a Hub model id (`USER/REPO`) or to the path of a "
+                                "folder written by `train.py`, then restart the app.")
+    return build_demo(loaded, examples_dir=ROOT / "examples")
+
+
+demo = create_demo()
+
+if __name__ == "__main__":
+    torch.set_num_threads(os.cpu_count() or 1)
+    # One prediction at a time uses every core; the others wait in Gradio's queue (unbounded: none is dropped).
+    demo.queue(default_concurrency_limit=1).launch(max_file_size=MAX_UPLOAD, show_error=True)

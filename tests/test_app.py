@@ -1,0 +1,173 @@
+"""The real app on localhost, serving a model folder made by train.py, driven with gradio_client."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import CLASS_NAMES, colour_images
+from test_training import tiny_settings
+from tl_space.hub import load_model_folder
+from tl_space.inference import class_probabilities, open_image
+from tl_space.training import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_dataset, pretrained_file, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("app") / "model"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=3, lr=0.05))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_url(model_folder, tmp_path_factory):
+    """`python app.py` with MODEL_ID set, as a user starts it; stopped after the module's tests."""
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("app-cwd")
+    env = {**os.environ, "MODEL_ID": str(model_folder), "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(workdir / "app.log", "w")
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=workdir, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None, (workdir / "app.log").read_text()
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the app did not start within 120 s:\n" + (workdir / "app.log").read_text())
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def sample_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uploads")
+    images, labels = colour_images(1, 32, seed=7)
+    paths = []
+    for image, label in zip(images, labels):
+        paths.append(folder / f"{CLASS_NAMES[label]}.png")
+        image.save(paths[-1])
+    return paths
+
+
+def test_classify_returns_the_five_most_likely_labels_sorted(client, sample_images, model_folder):
+    label, timing = client.predict(handle_file(str(sample_images[0])), api_name="/classify")
+    confidences = label["confidences"]
+    assert len(confidences) == 5 and len(CLASS_NAMES) > 5
+    values = [entry["confidence"] for entry in confidences]
+    assert values == sorted(values, reverse=True) and label["label"] == confidences[0]["label"]
+    expected = class_probabilities(load_model_folder(str(model_folder)), open_image(sample_images[0]))
+    top5 = sorted(expected.items(), key=lambda item: -item[1])[:5]
+    assert [entry["label"] for entry in confidences] == [name for name, _ in top5]
+    assert values == pytest.approx([value for _, value in top5], abs=1e-5)
+    assert timing.startswith("Predicted in ") and "ms" in timing
+
+
+def test_the_model_learned_the_tiny_classes(client, sample_images):
+    right = sum(client.predict(handle_file(str(path)), api_name="/classify")[0]["label"] == path.stem
+                for path in sample_images)
+    assert right >= 4  # of 6: the tiny model is real, not a constant
+
+
+def test_small_and_large_photos_take_the_same_path(client, tmp_path):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(small)
+    large = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((3000, 4000, 3), (220, 30, 30), np.uint8)).save(large, exif=exif, quality=85)
+    small_label = client.predict(handle_file(str(small)), api_name="/classify")[0]
+    large_label, timing = client.predict(handle_file(str(large)), api_name="/classify")
+    assert large_label["label"] == small_label["label"]
+    width, height = (int(side) for side in timing.split(" on ")[1].split(" px")[0].split("x"))
+    assert height > width  # stored 4000 wide, shown upright (EXIF orientation 6): taller than wide
+
+
+def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(client, tmp_path, sample_images):
+    cases = {"empty.png": (b"", "The file is empty"),
+             "notes.png": (b"hello, not an image", "not an image that can be read")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(tmp_path / name)), api_name="/classify")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(AppError, match="only 1x1 pixels"):
+        client.predict(handle_file(str(tmp_path / "dot.png")), api_name="/classify")
+    assert client.predict(handle_file(str(sample_images[1])), api_name="/classify")[0]["label"] in CLASS_NAMES
+
+
+def test_concurrent_visitors_are_queued_and_all_answered(app_url, sample_images):
+    def visitor(index: int) -> list[str]:
+        own_client = Client(app_url, verbose=False)
+        return [own_client.predict(handle_file(str(sample_images[(index + k) % len(sample_images)])),
+                                   api_name="/classify")[0]["label"] for k in range(3)]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(visitor, range(6)))
+    assert len(answers) == 6 and all(len(labels) == 3 for labels in answers)
+    assert all(label in CLASS_NAMES for labels in answers for label in labels)
+
+
+def test_mistakes_filter_by_true_class(client, model_folder):
+    records = load_model_folder(str(model_folder)).misclassified
+    assert records, "the tiny model should make some mistakes to show"
+    true_label = records[0]["true_label"]
+    items, *_ = client.predict(true_label, "all classes", api_name="/filter_mistakes")
+    expected = [record for record in records if record["true_label"] == true_label]
+    assert [item["caption"] for item in items] == [
+        f"{r['true_label']} → {r['predicted_label']} ({r['confidence']:.0%})" for r in expected]
+    none, *_ = client.predict(true_label, true_label, api_name="/filter_mistakes")
+    assert none == []  # a mistake never has its true class as prediction
+
+
+def test_only_served_files_are_reachable(app_url, model_folder):
+    targets = [model_folder / "model.safetensors", model_folder / "metrics.json", ROOT / "app.py",
+               Path("/etc/passwd"), "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd"]
+    for target in targets:
+        url = f"{app_url}gradio_api/file={target}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code in (403, 404), (target, refused.value.code)
+
+
+def test_unreachable_model_id_shows_a_message_instead_of_crashing(caplog, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT))
+    import app
+    demo = app.create_demo("nobody/no-such-model")
+    page_text = " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
+    assert "'nobody/no-such-model' is neither a local model folder nor a Hub model" in page_text
+    assert "Set `MODEL_ID`" in page_text
+    assert "nobody/no-such-model" in caplog.text

@@ -1,0 +1,150 @@
+"""The Gradio page: classify an image, browse the model's mistakes, read its training report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from tl_space.hub import LoadedModel
+from tl_space.inference import ImageError, class_probabilities, open_image
+
+ALL = "all classes"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def uploaded_path(payload: str | dict | None) -> str | None:
+    """The file behind gr.Image's raw (not preprocessed) value: Gradio has already stored the upload."""
+    if payload is None or isinstance(payload, str):
+        return payload
+    return payload.get("path")
+
+
+def classify(loaded: LoadedModel, payload: str | dict | None) -> tuple[dict[str, float], str]:
+    """Top classes of an uploaded image and how long the model took, or a gr.Error naming what is wrong.
+
+    Takes gr.Image's raw value (the event runs with preprocess=False), so that our decoding, not Gradio's,
+    meets broken files and can say what is wrong with them.
+    """
+    path = uploaded_path(payload)
+    if path is None:
+        raise gr.Error("Upload an image first.", print_exception=False)
+    try:
+        image = open_image(path)
+    except ImageError as error:
+        raise gr.Error(str(error), print_exception=False) from error
+    started = time.perf_counter()
+    probabilities = class_probabilities(loaded, image)
+    milliseconds = (time.perf_counter() - started) * 1000
+    return probabilities, f"Predicted in {milliseconds:.0f} ms on {image.width}x{image.height} px."
+
+
+def caption(record: dict) -> str:
+    return f"{record['true_label']} → {record['predicted_label']} ({record['confidence']:.0%})"
+
+
+def filter_mistakes(loaded: LoadedModel, true_label: str, predicted_label: str) -> list[dict]:
+    return [record for record in loaded.misclassified
+            if true_label in (ALL, record["true_label"]) and predicted_label in (ALL, record["predicted_label"])]
+
+
+def gallery_items(loaded: LoadedModel, records: list[dict]) -> list[tuple[str, str]]:
+    return [(str(loaded.folder / record["file"]), caption(record)) for record in records]
+
+
+def top5_of(record: dict) -> dict[str, float]:
+    return {entry["label"]: entry["probability"] for entry in record["top5"]}
+
+
+def report_markdown(loaded: LoadedModel) -> str:
+    """Headline numbers and the run's settings, from metrics.json."""
+    metrics = loaded.metrics
+    if not metrics:
+        return f"No `metrics.json` in `{loaded.source}`: this folder has no training report."
+    test, settings = metrics["test"], metrics["settings"]
+    base = metrics.get("model", {}).get("base_model") or "random initialisation"
+    lines = [
+        f"### Test accuracy: {test['accuracy']:.2%} on {test['num_images']:,} images",
+        f"`{metrics.get('model', {}).get('architecture', settings['model'])}` trained by **{settings['strategy']}** "
+        f"from {base} on `{settings['dataset']}` ({metrics['data']['train_images']:,} training images), "
+        f"{len(metrics['history'])} epochs at {metrics['preprocessing']['image_size']} px; best epoch "
+        f"{test['best_epoch']} by validation accuracy. Test loss {test['loss']:.3f}.",
+    ]
+    if test["most_confused"]:
+        lines.append("\n**Most confused pairs** (true → predicted: test images): " + ", ".join(
+            f"{pair['true']} → {pair['predicted']}: {pair['count']}" for pair in test["most_confused"][:5]))
+    hidden = ("output_dir", "overwrite", "push_to_hub", "private", "report_to")
+    lines.append("\n| setting | value |\n|---|---|")
+    lines += [f"| {key} | {value} |" for key, value in settings.items() if value is not None and key not in hidden]
+    return "\n".join(lines)
+
+
+def example_images(examples_dir: Path | None) -> list[str]:
+    if examples_dir is None or not examples_dir.is_dir():
+        return []
+    return sorted(str(path) for path in examples_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def build_error_page(message: str) -> gr.Blocks:
+    """What a visitor sees when the model could not be loaded: the reason and how to fix it."""
+    with gr.Blocks(title="tl-space: model not loaded") as demo:
+        gr.Markdown(f"## The model could not be loaded\n\n{message}")
+    return demo
+
+
+def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Blocks:
+    """The whole page for one loaded model."""
+    classes = ", ".join(loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
+    with gr.Blocks(title=f"tl-space: {Path(loaded.source).name}") as demo:
+        gr.Markdown(f"# What does this classifier see?\nModel `{loaded.source}` tells apart {len(loaded.label_names)} "
+                    f"classes: {classes}.")
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image")
+                    submit = gr.Button("Classify", variant="primary")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=5, label="Top 5")
+                    timing = gr.Markdown()
+            predict = lambda path: classify(loaded, path)  # noqa: E731
+            submit.click(predict, inputs=image, outputs=[label, timing], api_name="classify", preprocess=False)
+            examples = example_images(examples_dir)
+            if examples:
+                gr.Examples(examples=examples, inputs=image, outputs=[label, timing], fn=predict,
+                            cache_examples=True, cache_mode="lazy", preprocess=False, label="Examples: one per class")
+        with gr.Tab("Where it fails"):
+            gr.Markdown(f"The {len(loaded.misclassified)} most confident mistakes on the test split. "
+                        "Pick one to see what the model thought.")
+            with gr.Row():
+                true_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="True class")
+                predicted_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="Predicted class")
+            shown = gr.State(loaded.misclassified)
+            with gr.Row():
+                gallery = gr.Gallery(gallery_items(loaded, loaded.misclassified), label="Misclassified test images",
+                                     columns=8, height=480, object_fit="contain", allow_preview=True, scale=3)
+                selected = gr.Label(num_top_classes=5, label="Top 5 of the selected image", scale=1)
+
+            def refilter(true_label: str, predicted_label: str):
+                records = filter_mistakes(loaded, true_label, predicted_label)
+                return gallery_items(loaded, records), records, None
+
+            gr.on([true_filter.change, predicted_filter.change], refilter, inputs=[true_filter, predicted_filter],
+                  outputs=[gallery, shown, selected], api_name="filter_mistakes")
+
+            def show_selected(records: list[dict], event: gr.SelectData):
+                return top5_of(records[event.index])
+
+            gallery.select(show_selected, inputs=shown, outputs=selected, api_name=False)
+        with gr.Tab("Training report"):
+            gr.Markdown(report_markdown(loaded))
+            metrics = loaded.metrics
+            if metrics:
+                per_class = [[name, round(accuracy * 100, 2)] for name, accuracy in
+                             metrics["test"]["per_class_accuracy"].items()]
+                gr.Dataframe(per_class, headers=["class", "test accuracy (%)"], label="Per-class accuracy",
+                             interactive=False)
+            for file, title in (("curves.png", "Loss and accuracy per epoch"), ("confusion_matrix.png", "Confusion matrix")):
+                if (loaded.folder / file).is_file():
+                    gr.Image(str(loaded.folder / file), label=title, interactive=False)
+    return demo

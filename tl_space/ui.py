@@ -122,7 +122,8 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
             shown = gr.State(loaded.misclassified)
             with gr.Row():
                 gallery = gr.Gallery(gallery_items(loaded, loaded.misclassified), label="Misclassified test images",
-                                     columns=8, height=480, object_fit="contain", allow_preview=True, scale=3)
+                                     columns=8, height=480, object_fit="contain", allow_preview=True, scale=3,
+                                     elem_id="mistakes-gallery")
                 selected = gr.Label(num_top_classes=5, label="Top 5 of the selected image", scale=1)
 
             def refilter(true_label: str, predicted_label: str):

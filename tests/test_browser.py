@@ -1,0 +1,46 @@
+"""A real browser (Debian's chromium, headless, driven by Playwright) uses the page as a visitor would."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CLASS_NAMES
+from test_app import app_url, client, model_folder, sample_images  # noqa: F401  (shared fixtures)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+# CI installs chromium (.ci/run); elsewhere a missing browser skips instead of failing.
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
+
+
+def test_page_classifies_an_upload_and_shows_the_gallery(app_url, sample_images, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots = Path(os.environ.get("TL_SPACE_SCREENSHOTS", tmp_path))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(app_url)
+        page.get_by_text("What does this classifier see?").wait_for(timeout=60_000)
+        page.locator("input[type=file]").first.set_input_files(str(sample_images[0]))
+        page.get_by_role("button", name="Classify", exact=True).click()
+        timing = page.get_by_text("Predicted in")
+        timing.wait_for(timeout=60_000)
+        bars = page.locator("[data-testid='label-output-value']").first
+        expect(bars).to_be_visible()
+        shown = page.locator(".output-class, [data-testid='label-output-value'] h2").first.inner_text()
+        assert any(name in shown for name in CLASS_NAMES)
+        page.screenshot(path=str(screenshots / "classify.png"), full_page=True)
+
+        page.get_by_role("tab", name="Where it fails").click()
+        gallery_images = page.locator("#mistakes-gallery img")
+        gallery_images.first.wait_for(timeout=30_000)
+        assert gallery_images.count() > 0
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(screenshots / "mistakes.png"), full_page=True)
+        browser.close()
+    assert (screenshots / "classify.png").stat().st_size > 10_000

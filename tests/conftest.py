@@ -11,6 +11,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import timm  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -55,6 +56,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def pretrained_file(tmp_path_factory) -> Path:
     """test_resnet weights in timm's format, standing in for the ImageNet checkpoint the Hub would give."""
     path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
+    torch.manual_seed(0)  # the same stand-in weights whatever ran before
     model = timm.create_model(TINY_MODEL, pretrained=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path

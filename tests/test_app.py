@@ -74,7 +74,7 @@ def client(app_url):
 @pytest.fixture(scope="module")
 def sample_images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("uploads")
-    images, labels = colour_images(1, 32, seed=7)
+    images, labels = colour_images(1, 16, seed=7)  # the size the tiny dataset has
     paths = []
     for image, label in zip(images, labels):
         paths.append(folder / f"{CLASS_NAMES[label]}.png")
@@ -97,10 +97,13 @@ def test_classify_returns_the_five_most_likely_labels_sorted(client, sample_imag
     assert timing.startswith("Predicted in ") and "ms" in timing
 
 
-def test_the_model_learned_the_tiny_classes(client, sample_images):
-    right = sum(client.predict(handle_file(str(path)), api_name="/classify")[0]["label"] == path.stem
-                for path in sample_images)
-    assert right >= 4  # of 6: the tiny model is real, not a constant
+def test_the_model_learned_the_tiny_classes(client, tmp_path):
+    images, labels = colour_images(4, 16, seed=11)
+    right = 0
+    for index, (image, label) in enumerate(zip(images, labels)):
+        image.save(tmp_path / f"{index}.png")
+        right += client.predict(handle_file(str(tmp_path / f"{index}.png")), api_name="/classify")[0]["label"] == CLASS_NAMES[label]
+    assert right / len(images) >= 0.6  # chance is 1/6: the served model is the trained one, not a constant
 
 
 def test_small_and_large_photos_take_the_same_path(client, tmp_path):
@@ -189,3 +192,20 @@ def test_unreachable_model_id_shows_a_message_instead_of_crashing(caplog, monkey
     assert "'nobody/no-such-model' is neither a local model folder nor a Hub model" in page_text
     assert "Set `MODEL_ID`" in page_text
     assert "nobody/no-such-model" in caplog.text
+
+
+def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
+    """A fresh clone, no MODEL_ID: the committed model/ folder (lite0 trained on CIFAR-10) is what the page serves."""
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    sys.path.insert(0, str(ROOT))
+    import app
+    demo = app.create_demo()
+    page_text = " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
+    assert "tells apart 10 classes" in page_text
+    loaded = load_model_folder(str(ROOT / "model"))
+    examples = sorted((ROOT / "examples").glob("*.png"))
+    assert sorted(path.stem for path in examples) == sorted(loaded.label_names)
+    predictions = {path.stem: max(class_probabilities(loaded, open_image(path)).items(), key=lambda kv: kv[1])[0]
+                   for path in examples}
+    assert sum(true == predicted for true, predicted in predictions.items()) >= 8, predictions
+    assert loaded.metrics["test"]["accuracy"] > 0.75 and len(loaded.misclassified) == 64

@@ -40,7 +40,9 @@ def test_page_classifies_an_upload_and_shows_the_gallery(app_url, sample_images,
         gallery_images = page.locator("#mistakes-gallery img")
         gallery_images.first.wait_for(timeout=30_000)
         assert gallery_images.count() > 0
-        page.wait_for_load_state("networkidle")
+        # Every thumbnail really loaded (served from Gradio's cache), not just placeholders.
+        page.wait_for_function("() => [...document.querySelectorAll('#mistakes-gallery img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
         page.screenshot(path=str(screenshots / "mistakes.png"), full_page=True)
         browser.close()
     assert (screenshots / "classify.png").stat().st_size > 10_000

@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 
 from conftest import CLASS_NAMES, make_dataset_folder
+
+THREE_CLASSES = ["red", "green", "blue"]
 from tl_space import data
 from tl_space.errors import UserError
 from tl_space.settings import TrainSettings
@@ -66,7 +68,7 @@ def _split(per_class: list[int]) -> data.LabelledImages:
 
 
 def test_validation_is_stratified_and_disjoint_from_train():
-    train, val, test = data.split_data(_split([50, 30, 20]), _split([5, 5, 5]), CLASS_NAMES, val_size=10,
+    train, val, test = data.split_data(_split([50, 30, 20]), _split([5, 5, 5]), THREE_CLASSES, val_size=10,
                                        shots_per_class=None, train_fraction=None, max_train_samples=None,
                                        max_eval_samples=None, seed=0)
     assert torch.bincount(val.labels).tolist() == [5, 3, 2]
@@ -77,7 +79,7 @@ def test_validation_is_stratified_and_disjoint_from_train():
 @pytest.mark.parametrize("shots, fraction, expected", [(7, None, [7, 7, 7]), (None, 0.1, [4, 4, 3])])
 def test_few_shot_subsets_have_the_asked_counts_per_class(shots, fraction, expected):
     # After a stratified hold-out of 12 (5, 4, 3) the classes have 45, 36, 27: 10% rounds to 4, 4, 3.
-    train, _, _ = data.split_data(_split([50, 40, 30]), _split([2, 2, 2]), CLASS_NAMES, val_size=12,
+    train, _, _ = data.split_data(_split([50, 40, 30]), _split([2, 2, 2]), THREE_CLASSES, val_size=12,
                                   shots_per_class=shots, train_fraction=fraction, max_train_samples=None,
                                   max_eval_samples=None, seed=3)
     assert torch.bincount(train.labels).tolist() == expected
@@ -85,7 +87,7 @@ def test_few_shot_subsets_have_the_asked_counts_per_class(shots, fraction, expec
 
 def test_subsets_are_seeded():
     def pick(seed):
-        return data.split_data(_split([30, 30, 30]), _split([2, 2, 2]), CLASS_NAMES, val_size=9, shots_per_class=5,
+        return data.split_data(_split([30, 30, 30]), _split([2, 2, 2]), THREE_CLASSES, val_size=9, shots_per_class=5,
                                train_fraction=None, max_train_samples=None, max_eval_samples=None, seed=seed)[0]
     assert torch.equal(pick(1).images, pick(1).images)
     assert not torch.equal(pick(1).images, pick(2).images)
@@ -93,7 +95,7 @@ def test_subsets_are_seeded():
 
 def test_too_many_shots_names_the_class_and_the_limit():
     with pytest.raises(UserError, match=r"--shots-per-class 30 is more than class 'blue' has for training \(18 images"):
-        data.split_data(_split([40, 40, 20]), _split([2, 2, 2]), CLASS_NAMES, val_size=10, shots_per_class=30,
+        data.split_data(_split([40, 40, 20]), _split([2, 2, 2]), THREE_CLASSES, val_size=10, shots_per_class=30,
                         train_fraction=None, max_train_samples=None, max_eval_samples=None, seed=0)
 
 

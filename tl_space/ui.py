@@ -96,8 +96,10 @@ def build_error_page(message: str) -> gr.Blocks:
 def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Blocks:
     """The whole page for one loaded model."""
     classes = ", ".join(loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
-    with gr.Blocks(title=f"tl-space: {Path(loaded.source).name}") as demo:
-        gr.Markdown(f"# What does this classifier see?\nModel `{loaded.source}` tells apart {len(loaded.label_names)} "
+    # A Hub id as given; a local folder by its name only: visitors need not see the server's paths.
+    model_name = Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source
+    with gr.Blocks(title=f"tl-space: {model_name}") as demo:
+        gr.Markdown(f"# What does this classifier see?\nModel `{model_name}` tells apart {len(loaded.label_names)} "
                     f"classes: {classes}.")
         with gr.Tab("Classify"):
             with gr.Row():

@@ -133,6 +133,14 @@ def test_bad_uploads_get_a_clear_message_and_the_app_keeps_serving(client, tmp_p
     assert client.predict(handle_file(str(sample_images[1])), api_name="/classify")[0]["label"] in CLASS_NAMES
 
 
+def test_uploads_over_the_size_limit_are_refused(client, tmp_path, sample_images):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(os.urandom(21 * 1024 * 1024))  # over the app's 20 MB cap
+    with pytest.raises(Exception, match="exceeds the maximum file size of 20971520 bytes"):
+        client.predict(handle_file(str(huge)), api_name="/classify")
+    assert client.predict(handle_file(str(sample_images[2])), api_name="/classify")[0]["label"] in CLASS_NAMES
+
+
 def test_concurrent_visitors_are_queued_and_all_answered(app_url, sample_images):
     def visitor(index: int) -> list[str]:
         own_client = Client(app_url, verbose=False)

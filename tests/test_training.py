@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_settings(dataset: Path, output_dir: Path, pretrained_file: Path, **overrides) -> TrainSettings:
     values = dict(dataset=str(dataset), model=TINY_MODEL, pretrained_file=str(pretrained_file), epochs=2,
                   probe_epochs=2, batch_size=32, image_size=32, val_size=30, output_dir=str(output_dir),
-                  mixed_precision="no")
+                  mixed_precision="no", feature_cache_dir="none")
     values.update(overrides)
     return TrainSettings(**values)
 
@@ -147,6 +147,7 @@ def _train_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, pretrained_file, tmp_path):
     common = ["--model", TINY_MODEL, "--pretrained-file", str(pretrained_file), "--image-size", "32",
+              "--feature-cache-dir", str(tmp_path / "cache"),
               "--val-size", "30", "--epochs", "1"]
     previous = tmp_path / "previous"
     run(tiny_settings(tiny_dataset, previous, pretrained_file, strategy="linear-probe", epochs=1))
@@ -174,7 +175,7 @@ def test_two_processes_give_the_same_test_metrics_as_one(tiny_dataset, pretraine
     """Linear probe has no augmentation: 2 processes x 16 images per step must match 1 x 32, each image once."""
     common = ["--dataset", str(tiny_dataset), "--model", TINY_MODEL, "--pretrained-file", str(pretrained_file),
               "--strategy", "linear-probe", "--epochs", "4", "--lr", "0.05", "--image-size", "32", "--val-size", "30",
-              "--max-train-samples", "96", "--mixed-precision", "no"]
+              "--max-train-samples", "96", "--mixed-precision", "no", "--feature-cache-dir", "none"]
     single = _train_cli(*common, "--batch-size", "32", "--output-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

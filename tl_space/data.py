@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import datasets
 import numpy as np
@@ -22,16 +23,18 @@ DECODE_BATCH_ROWS = 2048
 
 @dataclass
 class LabelledImages:
-    """A split held in memory: images as one uint8 tensor (N, 3, H, W) and labels as int64 (N,)."""
+    """A split held in memory: images as one uint8 tensor (N, 3, H, W), labels as int64 (N,), maybe features."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    features: torch.Tensor | None = None  # a frozen backbone's pooled features, row i for image i
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: torch.Tensor) -> "LabelledImages":
-        return LabelledImages(self.images[indices], self.labels[indices])
+        features = None if self.features is None else self.features[indices.to(self.features.device)]
+        return LabelledImages(self.images[indices], self.labels[indices], features)
 
 
 @dataclass
@@ -238,16 +241,28 @@ def open_dataset(dataset: str, image_column: str | None = None, label_column: st
 
 
 def decode_splits(dataset_dict: datasets.DatasetDict, image_column: str, label_column: str, class_names: list[str],
-                  image_size: int, settings: TrainSettings, progress: bool = False) -> DataSplits:
-    """Decode train and test once, then make the seeded val hold-out and few-shot subsets from settings."""
+                  image_size: int, settings: TrainSettings, progress: bool = False,
+                  features_of: Callable[[LabelledImages], torch.Tensor] | None = None) -> DataSplits:
+    """Decode train and test once, then make the seeded val hold-out and few-shot subsets from settings.
+
+    features_of, when given, computes features of the whole decoded train and test splits before any subset is
+    taken: one pass (or one cache entry) then serves every hold-out and few-shot subset.
+    """
     train = decode_images(dataset_dict[settings.train_split], image_column, label_column, image_size, progress)
     test = decode_images(dataset_dict[settings.test_split], image_column, label_column, image_size, progress)
     for split_name, split in ((settings.train_split, train), (settings.test_split, test)):
         if split.labels.min() < 0 or split.labels.max() >= len(class_names):
             raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled rows?); "
                             "pick labelled splits with --train-split / --test-split")
+    # Quick runs (size caps) compute features of the few images they use; others, of whole splits, once.
+    capped = settings.max_train_samples is not None or settings.max_eval_samples is not None
+    if features_of is not None and not capped:
+        train.features, test.features = features_of(train), features_of(test)
     train, val, test = split_data(train, test, class_names, val_size=settings.val_size,
                                   shots_per_class=settings.shots_per_class, train_fraction=settings.train_fraction,
                                   max_train_samples=settings.max_train_samples,
                                   max_eval_samples=settings.max_eval_samples, seed=settings.seed)
+    if features_of is not None and capped:
+        for split in (train, val, test):
+            split.features = features_of(split)
     return DataSplits(train, val, test, class_names, image_column, label_column)

@@ -51,6 +51,8 @@ class TrainSettings:
     mixed_precision: str = _option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
     report_to: str | None = _option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
+    feature_cache_dir: str = _option("~/.cache/tl-space/features",
+                                     "where linear-probe and lp-ft keep the frozen backbone's features for reruns; none: off")
     output_dir: str = _option("runs/cifar10", "where the model folder is written")
     overwrite: bool = _option(False, "replace an --output-dir that holds a different run")
     push_to_hub: bool = _option(False, "upload the model folder to the Hugging Face Hub after training "

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tl_space import data as data_module
+from tl_space import features as feature_cache
 from tl_space import hub
 from tl_space import model as model_module
 from tl_space.errors import UserError
@@ -66,7 +67,7 @@ def index_loader(count: int, batch_size: int, shuffle: bool, seed: int) -> DataL
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
 
-def image_inputs(images: torch.Tensor, preprocessing: Preprocessing, generator: torch.Generator) -> InputsFn:
+def image_inputs(images: torch.Tensor, preprocessing: Preprocessing, generator: torch.Generator | None) -> InputsFn:
     """Indices -> model input, augmented (crop + flip) when training."""
     def inputs(indices: torch.Tensor, training: bool) -> torch.Tensor:
         batch = images[indices.to(images.device)]
@@ -176,17 +177,25 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     accelerator.free_memory()
 
 
-def feature_stage(accelerator: Accelerator, model: nn.Module, splits: data_module.DataSplits,
-                  image_inputs_by_split: dict[str, InputsFn], settings: TrainSettings, epochs: int) -> tuple[Stage, dict]:
-    """Linear probe on a frozen backbone: its pooled features are computed once, then only the head trains on them."""
+def backbone_features(accelerator: Accelerator, model: nn.Module, preprocessing: Preprocessing,
+                      settings: TrainSettings) -> Callable[[data_module.LabelledImages], torch.Tensor]:
+    """A function giving a split's pooled features: from the feature cache when the same features were made before."""
     backbone = PooledFeatures(model)
-    features = {name: predict(accelerator, backbone, inputs, len(getattr(splits, name)), settings.batch_size,
-                              description=f"features ({name})").to(accelerator.device)
-                for name, inputs in image_inputs_by_split.items()}
-    lr = HEAD_LR if settings.strategy == "lp-ft" else settings.lr or HEAD_LR
-    stage = Stage("linear-probe", model.get_classifier(), feature_inputs(features["train"]),
-                  feature_inputs(features["val"]), epochs, lr)
-    return stage, features
+    fingerprint = feature_cache.backbone_fingerprint(model)
+    cache_dir = None if settings.feature_cache_dir.lower() == "none" else Path(settings.feature_cache_dir).expanduser()
+
+    def features_of(split: data_module.LabelledImages) -> torch.Tensor:
+        key = feature_cache.cache_key(fingerprint, type(model).__name__, preprocessing, str(accelerator.mixed_precision),
+                                      feature_cache.images_fingerprint(split.images))
+        inputs = image_inputs(split.images.to(accelerator.device), preprocessing, generator=None)
+        compute = lambda: predict(accelerator, backbone, inputs, len(split), settings.batch_size,  # noqa: E731
+                                  description=f"features ({len(split)} images)")
+        features, hit = feature_cache.cached_features(cache_dir, key, compute, write=accelerator.is_main_process)
+        accelerator.wait_for_everyone()  # the file is whole before any process looks for the next one
+        if hit and accelerator.is_main_process:
+            tqdm.write(f"features of {len(split)} images from the cache ({cache_dir})")
+        return features.to(accelerator.device)
+    return features_of
 
 
 def feature_inputs(split_features: torch.Tensor) -> InputsFn:
@@ -233,9 +242,12 @@ def run(settings: TrainSettings) -> Path:
                                           pretrained_file=settings.pretrained_file)
     trainable = model_module.trainable_parameters(model, settings.strategy, settings.unfreeze_stages)
     preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model), settings.image_size)
-    splits = data_module.decode_splits(dataset_dict, image_column, label_column, class_names, preprocessing.image_size,
-                                       settings, progress=accelerator.is_local_main_process)
     model = model.to(accelerator.device, memory_format=torch.channels_last)
+    probe_first = settings.strategy in ("linear-probe", "lp-ft")
+    splits = data_module.decode_splits(
+        dataset_dict, image_column, label_column, class_names, preprocessing.image_size, settings,
+        progress=accelerator.is_local_main_process,
+        features_of=backbone_features(accelerator, model, preprocessing, settings) if probe_first else None)
     # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
     generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
     image_inputs_by_split = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)
@@ -243,10 +255,12 @@ def run(settings: TrainSettings) -> Path:
 
     history: list[dict] = []
     best: dict = {}
-    if settings.strategy in ("linear-probe", "lp-ft"):
+    if probe_first:
         model_module.freeze_all_but(model, model_module.classifier_parameters(model))
-        epochs = settings.probe_epochs if settings.strategy == "lp-ft" else settings.epochs
-        stage, features = feature_stage(accelerator, model, splits, image_inputs_by_split, settings, epochs)
+        stage = Stage("linear-probe", model.get_classifier(), feature_inputs(splits.train.features),
+                      feature_inputs(splits.val.features),
+                      settings.probe_epochs if settings.strategy == "lp-ft" else settings.epochs,
+                      HEAD_LR if settings.strategy == "lp-ft" else settings.lr or HEAD_LR)
         train_stage(accelerator, stage, model, splits, settings, best, history)
     if settings.strategy != "linear-probe":
         if settings.strategy == "lp-ft":
@@ -259,7 +273,7 @@ def run(settings: TrainSettings) -> Path:
 
     model.load_state_dict(best["state"])
     if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass
-        test_logits = predict(accelerator, model.get_classifier(), feature_inputs(features["test"]), len(splits.test),
+        test_logits = predict(accelerator, model.get_classifier(), feature_inputs(splits.test.features), len(splits.test),
                               settings.batch_size)
     else:
         test_logits = predict(accelerator, model, image_inputs_by_split["test"], len(splits.test), settings.batch_size,

@@ -1,0 +1,99 @@
+"""The feature cache: hits when nothing changed, misses when any part of the key did, never a stale file."""
+
+import json
+
+import pytest
+import timm
+import torch
+
+from conftest import make_dataset_folder
+from test_training import tiny_settings
+from tl_space import features
+from tl_space.training import run
+from tl_space.transforms import Preprocessing
+
+PREPROCESSING = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
+
+
+def _key(model, preprocessing=PREPROCESSING, precision="no", images=None):
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8) if images is None else images
+    return features.cache_key(features.backbone_fingerprint(model), type(model).__name__, preprocessing, precision,
+                              features.images_fingerprint(images))
+
+
+def test_every_part_of_the_key_matters_but_the_head_does_not():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    base = _key(model)
+    assert _key(model) == base
+    with torch.no_grad():
+        model.fc.weight.add_(1)  # a new head: same features
+    assert _key(model) == base
+    other_weights = timm.create_model("test_resnet", num_classes=3)
+    other_architecture = timm.create_model("test_efficientnet", num_classes=3)
+    changed_images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    changed_images[3, 2, 7, 7] = 1
+    keys = {
+        _key(other_weights),
+        _key(other_architecture),
+        _key(model, preprocessing=Preprocessing(48, PREPROCESSING.mean, PREPROCESSING.std, "bilinear")),
+        _key(model, preprocessing=Preprocessing(32, (0.4, 0.5, 0.5), PREPROCESSING.std, "bilinear")),
+        _key(model, preprocessing=Preprocessing(32, PREPROCESSING.mean, PREPROCESSING.std, "bicubic")),
+        _key(model, precision="bf16"),
+        _key(model, images=changed_images),
+        _key(model, images=torch.zeros(5, 3, 8, 8, dtype=torch.uint8)),
+    }
+    assert base not in keys and len(keys) == 8
+    with torch.no_grad():
+        model.layer1[0].bn1.running_mean.add_(0.1)  # buffers are part of the backbone too
+    assert _key(model) != base
+
+
+def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset, pretrained_file, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    first = tiny_settings(tiny_dataset, tmp_path / "first", pretrained_file, strategy="linear-probe",
+                          feature_cache_dir=str(cache))
+    run(first)
+    stored = sorted(cache.glob("*.safetensors"))
+    assert len(stored) == 2  # the whole train split and the whole test split
+    assert "from the cache" not in capsys.readouterr().out
+
+    run(tiny_settings(tiny_dataset, tmp_path / "again", pretrained_file, strategy="linear-probe",
+                      feature_cache_dir=str(cache)))
+    assert capsys.readouterr().out.count("from the cache") == 2
+    one = json.loads((tmp_path / "first" / "metrics.json").read_text())["test"]
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["test"]
+    assert again["confusion_matrix"] == one["confusion_matrix"]
+    assert again["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+    run(tiny_settings(tiny_dataset, tmp_path / "few", pretrained_file, strategy="linear-probe", shots_per_class=5,
+                      epochs=4, lr=0.01, feature_cache_dir=str(cache)))
+    assert capsys.readouterr().out.count("from the cache") == 2
+    assert sorted(cache.glob("*.safetensors")) == stored
+
+
+def test_changed_images_never_reuse_a_stale_cache(tiny_dataset, pretrained_file, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    run(tiny_settings(tiny_dataset, tmp_path / "a", pretrained_file, strategy="linear-probe",
+                      feature_cache_dir=str(cache)))
+    capsys.readouterr()
+    # Same train images (same generator seed and count), other test images.
+    other = make_dataset_folder(tmp_path / "other-data", train_per_class=40, test_per_class=13, size=16)
+    run(tiny_settings(other, tmp_path / "b", pretrained_file, strategy="linear-probe", feature_cache_dir=str(cache)))
+    out = capsys.readouterr().out
+    assert out.count("from the cache") == 1  # the train split is the same images; the test split is not
+    assert len(list(cache.glob("*.safetensors"))) == 3
+
+
+def test_cached_features_match_a_fresh_pass(tiny_dataset, pretrained_file, tmp_path):
+    cache = tmp_path / "cache"
+    run(tiny_settings(tiny_dataset, tmp_path / "cached", pretrained_file, strategy="linear-probe",
+                      feature_cache_dir=str(cache)))
+    run(tiny_settings(tiny_dataset, tmp_path / "cached-again", pretrained_file, strategy="linear-probe",
+                      feature_cache_dir=str(cache)))
+    run(tiny_settings(tiny_dataset, tmp_path / "fresh", pretrained_file, strategy="linear-probe"))
+    cached = json.loads((tmp_path / "cached-again" / "metrics.json").read_text())
+    fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())
+    assert cached["test"]["confusion_matrix"] == fresh["test"]["confusion_matrix"]
+    for entry_cached, entry_fresh in zip(cached["history"], fresh["history"]):
+        assert entry_cached["val_loss"] == pytest.approx(entry_fresh["val_loss"], rel=1e-5)

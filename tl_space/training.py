@@ -182,10 +182,12 @@ def backbone_features(accelerator: Accelerator, model: nn.Module, preprocessing:
     """A function giving a split's pooled features: from the feature cache when the same features were made before."""
     backbone = PooledFeatures(model)
     fingerprint = feature_cache.backbone_fingerprint(model)
+    # The timm name, not just the class: tf_efficientnet_lite0 and efficientnet_lite0 share weights' shapes, not padding.
+    architecture = model.pretrained_cfg.get("architecture", type(model).__name__)
     cache_dir = None if settings.feature_cache_dir.lower() == "none" else Path(settings.feature_cache_dir).expanduser()
 
     def features_of(split: data_module.LabelledImages) -> torch.Tensor:
-        key = feature_cache.cache_key(fingerprint, type(model).__name__, preprocessing, str(accelerator.mixed_precision),
+        key = feature_cache.cache_key(fingerprint, architecture, preprocessing, str(accelerator.mixed_precision),
                                       feature_cache.images_fingerprint(split.images))
         inputs = image_inputs(split.images.to(accelerator.device), preprocessing, generator=None)
         compute = lambda: predict(accelerator, backbone, inputs, len(split), settings.batch_size,  # noqa: E731

@@ -47,13 +47,9 @@ def check_push_access(repo_id: str | None, api: HfApi | None = None) -> str:
         raise UserError(f"--push-to-hub needs a Hugging Face token: {LOGIN_HINT}")
     try:
         token_info = api.whoami()
-    except HfHubHTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        if status == 401:
+    except (HfHubHTTPError, OSError) as error:
+        if getattr(getattr(error, "response", None), "status_code", None) == 401:
             raise UserError(f"--push-to-hub: the Hugging Face token was refused (invalid or expired); {LOGIN_HINT}") from error
-        raise UserError(f"--push-to-hub: could not reach the Hugging Face Hub to check the token ({type(error).__name__}); "
-                        "check the network, or train without --push-to-hub and push the folder later") from error
-    except OSError as error:
         raise UserError(f"--push-to-hub: could not reach the Hugging Face Hub to check the token ({type(error).__name__}); "
                         "check the network, or train without --push-to-hub and push the folder later") from error
     if repo_id is None:

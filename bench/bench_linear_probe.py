@@ -1,6 +1,6 @@
 """Linear probe end to end on ../shared CIFAR-10 with the lite0 ImageNet weights: wall time and test accuracy per resolution.
 
-    python bench/bench_linear_probe.py [--sizes 96,160] [--epochs 30]
+    python bench/bench_linear_probe.py [--sizes 96,160,224] [--epochs 30] [--workdir DIR]
 
 For each size: a cold run (empty feature cache: the backbone runs over all 60,000 images), then a rerun of the
 head with other settings (--lr, --seed) that reads the features from the cache. Wall time is the whole
@@ -35,10 +35,11 @@ def train(size: int, epochs: int, cache: Path, output: Path, *extra: str) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="96,160")
+    parser.add_argument("--sizes", default="96,160,224")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--workdir", type=Path, help="where runs and feature caches go (kept); a new temporary folder if unset")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-lp-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-lp-"))
     rows = []
     for size in (int(value) for value in args.sizes.split(",")):
         cache = workdir / f"cache-{size}"

@@ -9,7 +9,7 @@ import torch
 from conftest import make_dataset_folder
 from test_training import tiny_settings
 from tl_space import features
-from tl_space.training import run
+from tl_space.training import FixedBatch, feature_extractor, run, should_compile
 from tl_space.transforms import Preprocessing
 
 PREPROCESSING = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear")
@@ -97,3 +97,30 @@ def test_cached_features_match_a_fresh_pass(tiny_dataset, pretrained_file, tmp_p
     assert cached["test"]["confusion_matrix"] == fresh["test"]["confusion_matrix"]
     for entry_cached, entry_fresh in zip(cached["history"], fresh["history"]):
         assert entry_cached["val_loss"] == pytest.approx(entry_fresh["val_loss"], rel=1e-5)
+
+
+def test_compiled_extractor_gives_the_eager_features_for_every_batch_size():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3).eval().to(memory_format=torch.channels_last)
+    inputs = torch.randn(11, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    eager = feature_extractor(model, batch_size=4, compile_it=False)
+    compiled = feature_extractor(model, batch_size=4, compile_it=True)
+    assert isinstance(compiled, FixedBatch)
+    with torch.inference_mode():
+        expected = eager(inputs)
+        # 4, 4 and a short last batch of 3, which FixedBatch pads so the compiled graph keeps one shape.
+        batches = [compiled(inputs[start:start + 4]) for start in range(0, 11, 4)]
+    assert [len(batch) for batch in batches] == [4, 4, 3]
+    torch.testing.assert_close(torch.cat(batches), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_auto_only_where_it_repays_its_start_up(tiny_dataset, pretrained_file, tmp_path):
+    from accelerate import Accelerator
+    accelerator = Accelerator(cpu=True)
+    settings = tiny_settings(tiny_dataset, tmp_path, pretrained_file)
+    assert not should_compile(accelerator, settings, 1_000)
+    assert should_compile(accelerator, settings, 50_000)
+    settings.compile = "no"
+    assert not should_compile(accelerator, settings, 50_000)
+    settings.compile = "yes"
+    assert should_compile(accelerator, settings, 10)

@@ -27,7 +27,8 @@ METRICS_FILE = "metrics.json"
 MISCLASSIFIED_FILE = "misclassified.json"
 MISCLASSIFIED_DIR = "misclassified"
 # Settings that say where or how a run reports, not what it computes.
-NON_RUN_SETTINGS = ("output_dir", "overwrite", "report_to", "feature_cache_dir", "push_to_hub", "hub_model_id", "private")
+NON_RUN_SETTINGS = ("output_dir", "overwrite", "report_to", "feature_cache_dir", "eval_batch_size", "compile",
+                    "push_to_hub", "hub_model_id", "private")
 
 
 def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:

@@ -11,6 +11,11 @@ from tl_space.errors import UserError
 
 STRATEGIES = ("scratch", "linear-probe", "partial", "finetune", "lp-ft")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+COMPILE_CHOICES = ("auto", "yes", "no")
+# Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
+# torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
+CPU_EVAL_BATCH_SIZE = 32
+COMPILE_MIN_IMAGES = 10_000
 
 # Head-only training tolerates (and needs) a larger step than updating a pretrained backbone.
 HEAD_LR = 1e-3
@@ -37,6 +42,11 @@ class TrainSettings:
     epochs: int = _option(5, "training epochs (for lp-ft: of the fine-tuning stage)")
     probe_epochs: int = _option(10, "with --strategy lp-ft: epochs of the linear-probe stage")
     batch_size: int = _option(128, "images per batch and process")
+    eval_batch_size: int | None = _option(None, "images per batch for features and evaluation; if unset, "
+                                          f"{CPU_EVAL_BATCH_SIZE} on a CPU (small batches stay in its caches), --batch-size on a GPU")
+    compile: str = _option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
+                           f"for at least {COMPILE_MIN_IMAGES} images, where it pays for its start-up",
+                           choices=COMPILE_CHOICES)
     lr: float | None = _option(None, f"peak learning rate of AdamW; if unset, {HEAD_LR} for linear-probe (and the lp-ft probe stage), "
                                + ", ".join(f"{lr} for {name}" for name, lr in BACKBONE_LR.items()))
     weight_decay: float = _option(0.05, "AdamW weight decay")
@@ -102,7 +112,9 @@ def check_settings(settings: TrainSettings) -> None:
         raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if settings.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise UserError(f"--mixed-precision {settings.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
-    positive = ("epochs", "batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
+    if settings.compile not in COMPILE_CHOICES:
+        raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
+    positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
                 "max_train_samples", "max_eval_samples", "lr")
     for name in positive:
         value = getattr(settings, name)

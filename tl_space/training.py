@@ -24,7 +24,8 @@ from tl_space import model as model_module
 from tl_space.errors import UserError
 from tl_space.evaluation import classification_metrics, misclassified_records
 from tl_space.report import check_output_dir, write_model_folder
-from tl_space.settings import BACKBONE_LR, HEAD_LR, TrainSettings, check_settings
+from tl_space.settings import (BACKBONE_LR, COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, HEAD_LR, TrainSettings,
+                               check_settings)
 from tl_space.transforms import Preprocessing, preprocessing_for, random_crop_flip, to_model_input
 
 # Maps a batch of split indices to what the trained module takes (augmented images, or cached features).
@@ -94,6 +95,12 @@ def predict(accelerator: Accelerator, module: nn.Module, inputs: InputsFn, count
     return torch.cat(outputs).cpu()
 
 
+def eval_batch_size(accelerator: Accelerator, settings: TrainSettings) -> int:
+    if settings.eval_batch_size:
+        return settings.eval_batch_size
+    return CPU_EVAL_BATCH_SIZE if accelerator.device.type == "cpu" else settings.batch_size
+
+
 class PooledFeatures(nn.Module):
     """The backbone up to the classifier's input, as a module predict() can run."""
 
@@ -103,6 +110,35 @@ class PooledFeatures(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return model_module.pooled_features(self.model, inputs)
+
+
+class FixedBatch(nn.Module):
+    """Runs module on batches padded to one size, so a compiled module never recompiles for the last, short batch."""
+
+    def __init__(self, module: nn.Module, batch_size: int):
+        super().__init__()
+        self.module, self.batch_size = module, batch_size
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        count = len(inputs)
+        if count < self.batch_size:
+            inputs = torch.cat([inputs, inputs[-1:].expand(self.batch_size - count, *inputs.shape[1:])])
+        return self.module(inputs)[:count]
+
+
+def should_compile(accelerator: Accelerator, settings: TrainSettings, images: int) -> bool:
+    """--compile yes, or auto on a CPU with enough images to repay compiling (bench/bench_features.py)."""
+    if settings.compile == "auto":
+        return accelerator.device.type == "cpu" and images >= COMPILE_MIN_IMAGES
+    return settings.compile == "yes"
+
+
+def feature_extractor(model: nn.Module, batch_size: int, compile_it: bool) -> nn.Module:
+    """The frozen backbone's pooled features as a module; compiled for fixed-size batches when compile_it."""
+    backbone = PooledFeatures(model)
+    if not compile_it:
+        return backbone
+    return FixedBatch(torch.compile(backbone, dynamic=False), batch_size)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -156,7 +192,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
         train_seconds = time.perf_counter() - started
         val_logits = predict(accelerator, accelerator.unwrap_model(module), stage.val_inputs, len(splits.val),
-                             settings.batch_size)
+                             eval_batch_size(accelerator, settings))
         val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
         entry = {
             "epoch": epoch, "stage": stage.name,
@@ -180,7 +216,6 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
 def backbone_features(accelerator: Accelerator, model: nn.Module, preprocessing: Preprocessing,
                       settings: TrainSettings) -> Callable[[data_module.LabelledImages], torch.Tensor]:
     """A function giving a split's pooled features: from the feature cache when the same features were made before."""
-    backbone = PooledFeatures(model)
     fingerprint = feature_cache.backbone_fingerprint(model)
     # The timm name, not just the class: tf_efficientnet_lite0 and efficientnet_lite0 share weights' shapes, not padding.
     architecture = model.pretrained_cfg.get("architecture", type(model).__name__)
@@ -190,8 +225,19 @@ def backbone_features(accelerator: Accelerator, model: nn.Module, preprocessing:
         key = feature_cache.cache_key(fingerprint, architecture, preprocessing, str(accelerator.mixed_precision),
                                       feature_cache.images_fingerprint(split.images))
         inputs = image_inputs(split.images.to(accelerator.device), preprocessing, generator=None)
-        compute = lambda: predict(accelerator, backbone, inputs, len(split), settings.batch_size,  # noqa: E731
-                                  description=f"features ({len(split)} images)")
+        batch_size = eval_batch_size(accelerator, settings)
+
+        def compute() -> torch.Tensor:
+            description = f"features ({len(split)} images)"
+            if should_compile(accelerator, settings, len(split)):
+                try:
+                    return predict(accelerator, feature_extractor(model, batch_size, True), inputs, len(split),
+                                   batch_size, description=description + ", compiled")
+                except Exception as error:  # e.g. no C++ compiler for inductor: eager mode gives the same features
+                    tqdm.write(f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
+                               "computing features without it (--compile no skips trying)")
+            return predict(accelerator, feature_extractor(model, batch_size, False), inputs, len(split), batch_size,
+                           description=description)
         features, hit = feature_cache.cached_features(cache_dir, key, compute, write=accelerator.is_main_process)
         accelerator.wait_for_everyone()  # the file is whole before any process looks for the next one
         if hit and accelerator.is_main_process:
@@ -276,10 +322,10 @@ def run(settings: TrainSettings) -> Path:
     model.load_state_dict(best["state"])
     if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass
         test_logits = predict(accelerator, model.get_classifier(), feature_inputs(splits.test.features), len(splits.test),
-                              settings.batch_size)
+                              eval_batch_size(accelerator, settings))
     else:
-        test_logits = predict(accelerator, model, image_inputs_by_split["test"], len(splits.test), settings.batch_size,
-                              description="test")
+        test_logits = predict(accelerator, model, image_inputs_by_split["test"], len(splits.test),
+                              eval_batch_size(accelerator, settings), description="test")
     test = classification_metrics(test_logits, splits.test.labels, splits.class_names)
     test["best_epoch"] = best["epoch"]
     trained_images = len(splits.train) * len(history)

@@ -31,3 +31,51 @@ def test_model_input_uses_the_config_mean_std_and_size():
     inputs = to_model_input(white, preprocessing)
     assert inputs.shape == (2, 3, 48, 48)
     assert torch.allclose(inputs, torch.full_like(inputs, 2.0))  # (1 - 0.5) / 0.25
+
+
+def _per_image_reference(images: torch.Tensor, size: int, config: dict) -> torch.Tensor:
+    """timm's own per-image PIL eval transform (resize, centre crop of the whole image, normalise), image by image."""
+    import timm.data
+    from PIL import Image
+
+    transform = timm.data.create_transform(input_size=(3, size, size), interpolation=config["interpolation"],
+                                           mean=config["mean"], std=config["std"], crop_pct=1.0)
+    return torch.stack([transform(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
+
+
+def test_batched_model_input_matches_timms_per_image_path():
+    config = {"input_size": (3, 64, 64), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+              "interpolation": "bicubic"}
+    generator = torch.Generator().manual_seed(0)
+    # Smooth images (upscaled noise), like photos: interpolation kernels then agree closely.
+    images = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8, generator=generator), size=32, mode="bilinear")
+    images = (images * 255).round().to(torch.uint8)
+    for size in (32, 64, 20):  # the same, enlarged, shrunk
+        ours = to_model_input(images, preprocessing_for(config, size))
+        reference = _per_image_reference(images, size, config)
+        assert ours.shape == reference.shape == (8, 3, size, size)
+        assert ours.dtype == reference.dtype == torch.float32
+        low = (0 - torch.tensor(config["mean"])) / torch.tensor(config["std"])
+        high = (1 - torch.tensor(config["mean"])) / torch.tensor(config["std"])
+        per_channel = ours.transpose(0, 1).flatten(1)
+        assert (per_channel.min(dim=1).values >= low - 1e-5).all() and (per_channel.max(dim=1).values <= high + 1e-5).all()
+        # PIL and torch bicubic differ in rounding and antialias kernels: close on average, never far.
+        assert (ours - reference).abs().mean() < 0.03  # about 1/255 of a pixel value
+        assert (ours - reference).abs().max() < 0.15
+
+
+def test_crop_and_flip_vary_per_image_and_per_call():
+    # A horizontal ramp: the first column says the crop offset and whether the image was flipped.
+    ramp = torch.arange(32, dtype=torch.uint8).mul(8).view(1, 1, 1, 32).expand(512, 3, 32, 32).contiguous()
+    generator = torch.Generator().manual_seed(0)
+    first = random_crop_flip(ramp, generator)
+    second = random_crop_flip(ramp, generator)
+    assert not torch.equal(first, second)  # another epoch, other crops
+    flipped = first[:, 0, 0, 0] > first[:, 0, 0, -1]
+    assert 0.4 < flipped.float().mean() < 0.6  # p = 0.5 over 512 images
+    left_edges = torch.where(flipped, first[:, 0, 0, -1], first[:, 0, 0, 0])
+    # Reflect padding of 4 px: the unflipped left edge shows ramp values of columns 4,3,2,1,0,1,2,3,4 (x8).
+    assert set(left_edges.div(8, rounding_mode="floor").tolist()) == {0, 1, 2, 3, 4}
+    rows = torch.arange(32, dtype=torch.uint8).mul(8).view(1, 1, 32, 1).expand(512, 3, 32, 32).contiguous()
+    vertical = random_crop_flip(rows, torch.Generator().manual_seed(1))[:, 0, 0, 0].div(8, rounding_mode="floor")
+    assert set(vertical.tolist()) == {0, 1, 2, 3, 4}  # vertical offsets vary too

@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 from timm.models import save_for_hf  # noqa: E402
 from torch import nn  # noqa: E402
 
+from tl_space import checkpoint  # noqa: E402
 from tl_space.card import write_model_card  # noqa: E402
 from tl_space.errors import UserError  # noqa: E402
 from tl_space.settings import TrainSettings  # noqa: E402
@@ -27,7 +28,7 @@ METRICS_FILE = "metrics.json"
 MISCLASSIFIED_FILE = "misclassified.json"
 MISCLASSIFIED_DIR = "misclassified"
 # Settings that say where or how a run reports, not what it computes.
-NON_RUN_SETTINGS = ("output_dir", "overwrite", "report_to", "feature_cache_dir", "eval_batch_size", "compile",
+NON_RUN_SETTINGS = ("output_dir", "overwrite", "resume", "report_to", "feature_cache_dir", "eval_batch_size", "compile",
                     "push_to_hub", "hub_model_id", "private")
 
 
@@ -39,18 +40,28 @@ def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:
         raise UserError(f"--output-dir {str(output_dir)!r} is a file; give a folder path")
     if not any(output_dir.iterdir()):
         return output_dir
+    progress = checkpoint.read_progress(output_dir / checkpoint.CHECKPOINT_DIR)
+    if progress is not None:
+        if not settings.resume:
+            raise UserError(f"--output-dir {str(output_dir)!r} holds an unfinished run (saved after epoch "
+                            f"{len(progress['history'])}); add --resume to continue it or --overwrite to start again")
+        _check_same_run(output_dir, progress["settings"], settings, "--resume needs the settings it was started with")
+        return output_dir
     metrics_path = output_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise UserError(f"--output-dir {str(output_dir)!r} holds files that are not a tl-space run; "
                         "choose another folder or pass --overwrite to replace them")
-    previous = json.loads(metrics_path.read_text()).get("settings", {})
+    _check_same_run(output_dir, json.loads(metrics_path.read_text()).get("settings", {}), settings,
+                    "choose another --output-dir or pass --overwrite to replace it")
+    return output_dir
+
+
+def _check_same_run(output_dir: Path, previous: dict, settings: TrainSettings, advice: str) -> None:
     current = settings.to_dict()
     differing = sorted(key for key in current if key not in NON_RUN_SETTINGS and previous.get(key) != current[key])
     if differing:
         changes = ", ".join(f"{key}: {previous.get(key)!r} -> {current[key]!r}" for key in differing[:5])
-        raise UserError(f"--output-dir {str(output_dir)!r} holds a different run ({changes}); "
-                        "choose another --output-dir or pass --overwrite to replace it")
-    return output_dir
+        raise UserError(f"--output-dir {str(output_dir)!r} holds a different run ({changes}); {advice}")
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

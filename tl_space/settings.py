@@ -65,6 +65,7 @@ class TrainSettings:
                                      "where linear-probe and lp-ft keep the frozen backbone's features for reruns; none: off")
     output_dir: str = _option("runs/cifar10", "where the model folder is written")
     overwrite: bool = _option(False, "replace an --output-dir that holds a different run")
+    resume: bool = _option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)")
     push_to_hub: bool = _option(False, "upload the model folder to the Hugging Face Hub after training "
                                        "(the token is checked before training starts)")
     hub_model_id: str | None = _option(None, "OWNER/NAME of the model repo to push to")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tl_space import checkpoint
 from tl_space import data as data_module
 from tl_space import features as feature_cache
 from tl_space import hub
@@ -37,12 +38,25 @@ WARMUP_FRACTION = 0.05
 class Stage:
     """One phase of training: which module learns, on what inputs, for how long."""
 
+    index: int
     name: str
     module: nn.Module
     train_inputs: InputsFn
     val_inputs: InputsFn
     epochs: int
     lr: float
+
+
+@dataclass
+class RunState:
+    """What carries over between epochs and stages, and what a resumed run starts from."""
+
+    checkpoint_dir: Path
+    generator: torch.Generator  # augmentation
+    history: list[dict]
+    best: dict  # accuracy, epoch, state (the model's state_dict at its best validation accuracy)
+    resume_stage: int | None = None  # the stage a resumed run continues, None for a fresh run
+    resume_epochs_done: int = 0
 
 
 def make_accelerator(settings: TrainSettings) -> Accelerator:
@@ -153,8 +167,9 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int) -> to
 
 
 def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits: data_module.DataSplits,
-                settings: TrainSettings, best: dict, history: list[dict]) -> None:
-    """Train stage.module for stage.epochs; append per-epoch metrics to history; keep the best model in best."""
+                settings: TrainSettings, run_state: RunState) -> None:
+    """Train stage.module for stage.epochs (from its checkpoint when resuming this stage); append per-epoch metrics
+    to run_state.history, keep the best model in run_state.best, and checkpoint after every epoch."""
     trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
     loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed)
@@ -162,30 +177,38 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     # Counted in optimizer steps of the sharded loader and stepped by us, not by accelerate's per-process
     # scheduler wrapper: N processes then follow the same schedule as one process with N times the batch.
     scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader))
+    done = 0
+    if run_state.resume_stage == stage.index:
+        checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator)
+        done = run_state.resume_epochs_done
+    history, best = run_state.history, run_state.best
     train_labels = splits.train.labels.to(accelerator.device)
-    first_epoch = len(history) + 1
-    for epoch in range(first_epoch, first_epoch + stage.epochs):
+    first_epoch = len(history) - done + 1
+    last_epoch = first_epoch + stage.epochs - 1
+    for epoch in range(first_epoch + done, last_epoch + 1):
         loader.set_epoch(epoch)
         model_module.train_mode(module)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
         seen = torch.zeros((), device=accelerator.device)
-        progress = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{first_epoch + stage.epochs - 1}",
+        progress = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{last_epoch}",
                         disable=not accelerator.is_local_main_process)
-        for indices in progress:
+        for step, indices in enumerate(progress, start=1):
             indices = indices.to(accelerator.device)
             labels = train_labels[indices]
             with accelerator.autocast():
                 logits = module(stage.train_inputs(indices, True))
                 loss = F.cross_entropy(logits.float(), labels)
+            if not torch.isfinite(loss):  # before the step: the weights and the last checkpoint stay good
+                kept = (f"the last good checkpoint (epoch {len(history)}) is kept in {run_state.checkpoint_dir}"
+                        if history else "no epoch finished, so there is no checkpoint")
+                raise UserError(f"the training loss became {loss.item()} in epoch {epoch}, step {step} of "
+                                f"{len(loader)}; {kept}. Lower --lr (now {stage.lr}) or use --mixed-precision no")
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                raise UserError(f"the training loss became {loss.item()} in epoch {epoch}; "
-                                f"lower --lr (now {stage.lr}) or use --mixed-precision no")
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -210,6 +233,11 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
             best.update(accuracy=entry["val_accuracy"], epoch=epoch,
                         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        progress_record = {"settings": settings.to_dict(), "stage": stage.name, "stage_index": stage.index,
+                           "stage_epochs_done": epoch - first_epoch + 1, "history": history,
+                           "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}
+        checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress_record, best["state"], scheduler,
+                                   run_state.generator)
     accelerator.free_memory()
 
 
@@ -272,6 +300,24 @@ def push(output_dir: Path, settings: TrainSettings, test_accuracy: float) -> Non
     tqdm.write(f"pushed to https://huggingface.co/{settings.hub_model_id} ({url})")
 
 
+def start_or_resume(accelerator: Accelerator, checkpoint_dir: Path, generator: torch.Generator,
+                    settings: TrainSettings) -> RunState:
+    """A fresh RunState, or with --resume the one the last checkpoint under checkpoint_dir recorded."""
+    progress = checkpoint.read_progress(checkpoint_dir) if settings.resume else None
+    if progress is None:
+        if settings.resume and accelerator.is_main_process:
+            tqdm.write(f"nothing to resume in {checkpoint_dir}: starting from the first epoch")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # --overwrite: an old run's checkpoint must not be resumed later
+            checkpoint.discard_checkpoint(checkpoint_dir)
+        return RunState(checkpoint_dir, generator, history=[], best={})
+    if accelerator.is_main_process:
+        tqdm.write(f"resuming after epoch {len(progress['history'])} ({progress['stage']}) from {checkpoint_dir}")
+    best = {**progress["best"], "state": checkpoint.best_model_state(checkpoint_dir)}
+    return RunState(checkpoint_dir, generator, history=progress["history"], best=best,
+                    resume_stage=progress["stage_index"], resume_epochs_done=progress["stage_epochs_done"])
+
+
 def run(settings: TrainSettings) -> Path:
     """Train, evaluate and write the model folder; returns its path."""
     check_settings(settings)
@@ -301,23 +347,25 @@ def run(settings: TrainSettings) -> Path:
     image_inputs_by_split = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)
                              for name in ("train", "val", "test")}
 
-    history: list[dict] = []
-    best: dict = {}
-    if probe_first:
+    run_state = start_or_resume(accelerator, output_dir / checkpoint.CHECKPOINT_DIR, generator, settings)
+    stages_to_run = lambda index: run_state.resume_stage is None or index >= run_state.resume_stage  # noqa: E731
+    if probe_first and stages_to_run(0):
         model_module.freeze_all_but(model, model_module.classifier_parameters(model))
-        stage = Stage("linear-probe", model.get_classifier(), feature_inputs(splits.train.features),
+        stage = Stage(0, "linear-probe", model.get_classifier(), feature_inputs(splits.train.features),
                       feature_inputs(splits.val.features),
                       settings.probe_epochs if settings.strategy == "lp-ft" else settings.epochs,
                       HEAD_LR if settings.strategy == "lp-ft" else settings.lr or HEAD_LR)
-        train_stage(accelerator, stage, model, splits, settings, best, history)
-    if settings.strategy != "linear-probe":
+        train_stage(accelerator, stage, model, splits, settings, run_state)
+    index = 1 if probe_first else 0
+    if settings.strategy != "linear-probe" and stages_to_run(index):
         if settings.strategy == "lp-ft":
-            model.load_state_dict(best["state"])  # fine-tune from the best probe head
+            model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head
         model_module.freeze_all_but(model, trainable)
-        stage = Stage("finetune" if settings.strategy == "lp-ft" else settings.strategy, model,
+        stage = Stage(index, "finetune" if settings.strategy == "lp-ft" else settings.strategy, model,
                       image_inputs_by_split["train"], image_inputs_by_split["val"],
                       settings.epochs, settings.lr or BACKBONE_LR[settings.strategy])
-        train_stage(accelerator, stage, model, splits, settings, best, history)
+        train_stage(accelerator, stage, model, splits, settings, run_state)
+    history, best = run_state.history, run_state.best
 
     model.load_state_dict(best["state"])
     if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tl_space.hub import load_model_folder  # noqa: E402
 from tl_space.inference import class_probabilities, open_image  # noqa: E402
+from tl_space.local_app import running_app  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -58,22 +59,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-app-"))
     inputs = make_inputs(workdir)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "MODEL_ID": args.model, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=workdir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = None
-        while client is None:
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            except Exception:
-                if server.poll() is not None or time.perf_counter() - started > 300:
-                    raise SystemExit("the app did not start")
-                time.sleep(0.2)
+    with running_app(args.model, workdir) as (url, _):
+        client = Client(url, verbose=False)
         client.predict(handle_file(str(inputs["32x32"])), api_name="/classify")
         startup = time.perf_counter() - started
 
@@ -84,9 +72,6 @@ def main() -> None:
             local = time_calls(lambda: class_probabilities(loaded, open_image(path)), args.requests)
             rows.append((name, statistics.median(local), percentile(local, 0.95),
                          statistics.median(served), percentile(served, 0.95)))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     print(f"model: {args.model}  ({loaded.preprocessing.image_size} px input)   cores: {os.cpu_count()}")
     print(f"start-up to first answer: {startup:.1f} s\n")

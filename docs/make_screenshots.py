@@ -4,19 +4,19 @@ Starts `python app.py` on a free local port, drives Debian's chromium with Playw
 """
 
 import argparse
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tl_space.local_app import running_app  # noqa: E402
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic"]
 
@@ -26,19 +26,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "model"))
     parser.add_argument("--image", default=str(ROOT / "examples" / "cat.png"))
     args = parser.parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "MODEL_ID": args.model, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=tempfile.mkdtemp(), env=env)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with running_app(args.model, Path(tempfile.mkdtemp())) as (url, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -54,9 +42,6 @@ def main() -> None:
                 time.sleep(1)
                 page.screenshot(path=str(ROOT / "docs" / name), full_page=tab == "Training report")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

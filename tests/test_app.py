@@ -1,10 +1,6 @@
 """The real app on localhost, serving a model folder made by train.py, driven with gradio_client."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +16,10 @@ from conftest import CLASS_NAMES, colour_images
 from test_training import tiny_settings
 from tl_space.hub import load_model_folder
 from tl_space.inference import class_probabilities, open_image
+from tl_space.local_app import running_app
 from tl_space.training import run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,29 +32,8 @@ def model_folder(tiny_dataset, pretrained_file, tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_url(model_folder, tmp_path_factory):
     """`python app.py` with MODEL_ID set, as a user starts it; stopped after the module's tests."""
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("app-cwd")
-    env = {**os.environ, "MODEL_ID": str(model_folder), "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(workdir / "app.log", "w")
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=workdir, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            assert process.poll() is None, (workdir / "app.log").read_text()
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the app did not start within 120 s:\n" + (workdir / "app.log").read_text())
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with running_app(str(model_folder), tmp_path_factory.mktemp("app-cwd")) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

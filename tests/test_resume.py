@@ -113,16 +113,17 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_che
     settings = tiny_settings(tiny_dataset, output_dir, pretrained_file, strategy="finetune", epochs=4)
     _stop_at_epoch(monkeypatch, 3, steps_before=2)
     with pytest.raises(UserError, match=r"loss became nan in epoch 3, step 3 of 7; the last good checkpoint "
-                                        r"\(epoch 2\) is kept in .*checkpoint. Lower --lr"):
+                                        r"\(epoch 2\) is kept in .*checkpoint. To go on, rerun with --resume and a lower --lr"):
         run(settings)
     progress = checkpoint.read_progress(output_dir / checkpoint.CHECKPOINT_DIR)
     assert [entry["epoch"] for entry in progress["history"]] == [1, 2]
     assert all(torch.isfinite(tensor).all() for tensor in
                checkpoint.best_model_state(output_dir / checkpoint.CHECKPOINT_DIR).values())
     monkeypatch.undo()
-    run(tiny_settings(tiny_dataset, output_dir, pretrained_file, strategy="finetune", epochs=4, resume=True))
+    run(tiny_settings(tiny_dataset, output_dir, pretrained_file, strategy="finetune", epochs=4, lr=5e-5, resume=True))
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert [entry["epoch"] for entry in metrics["history"]] == [1, 2, 3, 4]
+    assert [entry["lr"] for entry in metrics["history"]] == [1e-4, 1e-4, 5e-5, 5e-5]
 
 
 def test_a_kill_between_the_checkpoint_renames_leaves_the_previous_one(tmp_path):

@@ -57,13 +57,18 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, progress: dict, b
     accelerator.wait_for_everyone()
 
 
-def restore_checkpoint(accelerator: Accelerator, directory: Path, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                       generator: torch.Generator) -> None:
-    """Load what save_checkpoint saved into the objects of a stage prepared the same way."""
+def restore_checkpoint(accelerator: Accelerator, directory: Path, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                       generator: torch.Generator, peak_lr: float) -> None:
+    """Load what save_checkpoint saved into the objects of a stage prepared the same way. The schedule continues
+    at peak_lr, which may be lower than the saved one: resuming a run that diverged with a smaller --lr."""
     found = find_checkpoint(directory)
     accelerator.load_state(str(found))  # torch.load with weights_only=True, models from safetensors
     scheduler.load_state_dict(json.loads((found / PROGRESS_FILE).read_text())["scheduler"])
     generator.set_state(load_file(str(found / _augmentation_file(accelerator.process_index)))["state"])
+    scheduler.base_lrs = [peak_lr] * len(scheduler.base_lrs)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = peak_lr
+        group["lr"] = peak_lr * factor(scheduler.last_epoch)
 
 
 def best_model_state(directory: Path) -> dict[str, torch.Tensor]:

@@ -45,7 +45,8 @@ def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:
         if not settings.resume:
             raise UserError(f"--output-dir {str(output_dir)!r} holds an unfinished run (saved after epoch "
                             f"{len(progress['history'])}); add --resume to continue it or --overwrite to start again")
-        _check_same_run(output_dir, progress["settings"], settings, "--resume needs the settings it was started with")
+        _check_same_run(output_dir, {**progress["settings"], "lr": settings.lr}, settings,
+                        "--resume needs the settings it was started with (only --lr may change)")
         return output_dir
     metrics_path = output_dir / METRICS_FILE
     if not metrics_path.is_file():

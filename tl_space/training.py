@@ -182,7 +182,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader))
     done = 0
     if run_state.resume_stage == stage.index:
-        checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator)
+        checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator, stage.lr)
         done = run_state.resume_epochs_done
     history, best = run_state.history, run_state.best
     train_labels = splits.train.labels.to(accelerator.device)
@@ -206,8 +206,10 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             if not torch.isfinite(loss):  # before the step: the weights and the last checkpoint stay good
                 kept = (f"the last good checkpoint (epoch {len(history)}) is kept in {run_state.checkpoint_dir}"
                         if history else "no epoch finished, so there is no checkpoint")
+                advice = (f"rerun with --resume and a lower --lr (now {stage.lr})" if history else
+                          f"lower --lr (now {stage.lr}) or use --mixed-precision no")
                 raise UserError(f"the training loss became {loss.item()} in epoch {epoch}, step {step} of "
-                                f"{len(loader)}; {kept}. Lower --lr (now {stage.lr}) or use --mixed-precision no")
+                                f"{len(loader)}; {kept}. To go on, {advice}")
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

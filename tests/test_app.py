@@ -1,6 +1,7 @@
 """The real app on localhost, serving a model folder made by train.py, driven with gradio_client."""
 
 import os
+import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor

@@ -66,7 +66,7 @@ def encoded_images(draw) -> bytes:
     image = Image.frombytes("RGBA", (width, height), pixels.tobytes())
     image = image.convert("RGB").convert(mode) if mode not in ("RGBA", "LA") else image.convert(mode)
     if mode == "I;16":
-        image = Image.fromarray((pixels[..., 0].astype(np.uint16) * 257), mode="I;16")
+        image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)  # 16-bit grey: mode I;16
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)
     content = buffer.getvalue()

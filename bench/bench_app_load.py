@@ -39,7 +39,7 @@ def visitor(url: str, images: list[Path], requests: int, offset: int, deadline: 
             continue
         started = time.perf_counter()
         try:
-            labels = client.predict(handle_file(str(images[(offset + number) % len(images)])), api_name="/classify")
+            labels, _ = client.predict(handle_file(str(images[(offset + number) % len(images)])), api_name="/classify")
             if len(labels["confidences"]) != 5:
                 raise ValueError(f"{len(labels['confidences'])} labels instead of 5")
             latencies.append((time.perf_counter() - started) * 1000)
@@ -81,6 +81,8 @@ def main() -> None:
         memory["end"] = resident_memory_mb(process.pid)
     latencies = [value for result in results for value in result[0]]
     errors = [error for result in results for error in result[1]]
+    if not alone:
+        raise SystemExit(f"no request answered: {alone_errors[:3]}")
     print(f"model: {args.model}   {args.clients} clients x {args.requests} requests, loopback, "
           f"app queue concurrency 1\n")
     print("| load | answered | failed | p50 ms | p95 ms | max ms | requests/s | p50 / alone p50 |")

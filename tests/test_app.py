@@ -153,8 +153,12 @@ def test_mistakes_filter_by_true_class(client, model_folder):
 
 
 def test_only_served_files_are_reachable(app_url, model_folder):
-    targets = [model_folder / "model.safetensors", model_folder / "metrics.json", ROOT / "app.py",
-               Path("/etc/passwd"), "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd"]
+    checkpoint_file = model_folder / "checkpoint" / "optimizer.bin"  # a resumable run's state beside the model
+    checkpoint_file.parent.mkdir(exist_ok=True)
+    checkpoint_file.write_bytes(b"optimizer state")
+    targets = [model_folder / "model.safetensors", model_folder / "metrics.json", checkpoint_file, ROOT / "app.py",
+               Path("/etc/passwd"), "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", Path("/proc/self/environ"),
+               "/proc/self/cwd/app.log"]
     for target in targets:
         url = f"{app_url}gradio_api/file={target}"
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -353,8 +353,8 @@ def run(settings: TrainSettings) -> Path:
                              for name in ("train", "val", "test")}
 
     run_state = start_or_resume(accelerator, output_dir / checkpoint.CHECKPOINT_DIR, generator, settings)
-    stages_to_run = lambda index: run_state.resume_stage is None or index >= run_state.resume_stage  # noqa: E731
-    if probe_first and stages_to_run(0):
+    first_stage = run_state.resume_stage or 0  # a resumed run skips the stages it finished
+    if probe_first and first_stage == 0:
         model_module.freeze_all_but(model, model_module.classifier_parameters(model))
         stage = Stage(0, "linear-probe", model.get_classifier(), feature_inputs(splits.train.features),
                       feature_inputs(splits.val.features),
@@ -362,7 +362,7 @@ def run(settings: TrainSettings) -> Path:
                       HEAD_LR if settings.strategy == "lp-ft" else settings.lr or HEAD_LR, FEATURE_BATCH_SIZE)
         train_stage(accelerator, stage, model, splits, settings, run_state)
     index = 1 if probe_first else 0
-    if settings.strategy != "linear-probe" and stages_to_run(index):
+    if settings.strategy != "linear-probe" and first_stage <= index:
         if settings.strategy == "lp-ft":
             model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head
         model_module.freeze_all_but(model, trainable)

@@ -1,4 +1,5 @@
-"""The Gradio Space: `python app.py` (or `gradio app.py`); MODEL_ID picks the model, a Hub id or a local folder."""
+"""The Gradio Space: `python app.py` (or `gradio app.py`); MODEL_ID picks the model, a Hub id or a local folder
+(a study's serves its best run and adds a Study tab); STUDY_ID adds a study to any model."""
 
 import logging
 import os
@@ -18,16 +19,19 @@ DEFAULT_MODEL = ROOT / "model"
 MAX_UPLOAD = "20mb"
 
 
-def create_demo(model_id: str | None = None) -> gr.Blocks:
-    """The page for model_id (default: MODEL_ID, else the bundled model/ folder), or a page saying why it failed."""
+def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.Blocks:
+    """The page for model_id (default: MODEL_ID, else the bundled model/ folder) and, when given or set in STUDY_ID,
+    a study's tab; or a page saying why they could not be loaded."""
     model_id = model_id or os.environ.get("MODEL_ID") or str(DEFAULT_MODEL)
+    study_id = study_id or os.environ.get("STUDY_ID") or None
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Gradio decodes uploads with PIL too: same bound there
     try:
-        loaded = load_model_folder(model_id)
+        loaded = load_model_folder(model_id, study_id)
     except UserError as error:
-        logging.getLogger("tl_space.app").error("%s Set MODEL_ID to a Hub model id or a model folder.", error)
+        logging.getLogger("tl_space.app").error("%s Set MODEL_ID (and STUDY_ID) to a Hub id or a folder.", error)
         return build_error_page(f"{error}\n\nSet `MODEL_ID` to a Hub model id (`USER/REPO`) or to the path of a "
-                                "folder written by `train.py`, then restart the app.")
+                                "folder written by `train.py` or `tl_space.study` (and `STUDY_ID`, if set, to a "
+                                "study's), then restart the app.")
     return build_demo(loaded, examples_dir=ROOT / "examples")
 
 

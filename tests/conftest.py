@@ -60,3 +60,20 @@ def pretrained_file(tmp_path_factory) -> Path:
     model = timm.create_model(TINY_MODEL, pretrained=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def study_arguments(dataset: Path, weights: Path, output_dir: Path, *extra: str) -> list[str]:
+    """A small study: two strategies, a repeated few-shot size and all images, test_resnet at 32 px."""
+    return ["--strategies", "linear-probe,finetune", "--shots-per-class", "2,all", "--seeds", "2", "--repeat-up-to", "2",
+            "--dataset", str(dataset), "--model", TINY_MODEL, "--pretrained-file", str(weights), "--epochs", "2",
+            "--image-size", "32", "--val-size", "30", "--batch-size", "32", "--feature-cache-dir", "none",
+            "--mixed-precision", "no", "--min-epoch-images", "48", "--output-dir", str(output_dir), *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tiny_dataset, pretrained_file, tmp_path_factory) -> Path:
+    from tl_space.study import main
+
+    folder = tmp_path_factory.mktemp("study") / "colours"
+    assert main(study_arguments(tiny_dataset, pretrained_file, folder)) == 0
+    return folder

@@ -172,7 +172,7 @@ def test_unreachable_model_id_shows_a_message_instead_of_crashing(caplog, monkey
     import app
     demo = app.create_demo("nobody/no-such-model")
     page_text = " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
-    assert "'nobody/no-such-model' is neither a local model folder nor a Hub model" in page_text
+    assert "'nobody/no-such-model' is neither a local model folder nor a Hub repo" in page_text
     assert "Set `MODEL_ID`" in page_text
     assert "nobody/no-such-model" in caplog.text
 

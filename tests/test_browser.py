@@ -1,5 +1,6 @@
 """A real browser (Debian's chromium, headless, driven by Playwright) uses the page as a visitor would."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 
 from conftest import CLASS_NAMES
 from test_app import app_url, client, model_folder, sample_images  # noqa: F401  (shared fixtures)
+from tl_space.local_app import running_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -46,3 +48,30 @@ def test_page_classifies_an_upload_and_shows_the_gallery(app_url, sample_images,
         page.screenshot(path=str(screenshots / "mistakes.png"), full_page=True)
         browser.close()
     assert (screenshots / "classify.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def study_app_url(tiny_study, tmp_path_factory):
+    """The app with MODEL_ID set to a study folder: its best run, and the Study tab."""
+    with running_app(str(tiny_study), tmp_path_factory.mktemp("study-app")) as (url, _):
+        yield url
+
+
+def test_study_tab_shows_findings_table_and_plots(study_app_url, tiny_study, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots = Path(os.environ.get("TL_SPACE_SCREENSHOTS", tmp_path))
+    findings = json.loads((tiny_study / "study.json").read_text())["findings"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(study_app_url)
+        page.get_by_role("tab", name="Study").click()
+        expect(page.get_by_text(findings[0])).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Every strategy at every shot size").first).to_be_visible()
+        page.wait_for_function("() => { const plots = [...document.querySelectorAll('.study-plot img')];"
+                               " return plots.length === 3 && plots.every(i => i.complete && i.naturalWidth > 0); }",
+                               timeout=60_000)
+        page.screenshot(path=str(screenshots / "study.png"), full_page=True)
+        browser.close()
+    assert (screenshots / "study.png").stat().st_size > 10_000

@@ -93,6 +93,20 @@ def test_subsets_are_seeded():
     assert not torch.equal(pick(1).images, pick(2).images)
 
 
+def test_a_split_seed_keeps_validation_and_test_while_the_seed_picks_the_subset():
+    def pick(seed, split_seed):
+        return data.split_data(_split([30, 30, 30]), _split([9, 9, 9]), THREE_CLASSES, val_size=9, shots_per_class=5,
+                               train_fraction=None, max_train_samples=None, max_eval_samples=12, seed=seed,
+                               split_seed=split_seed)
+    (train_1, val_1, test_1), (train_2, val_2, test_2) = pick(1, 7), pick(2, 7)
+    assert torch.equal(val_1.images, val_2.images) and torch.equal(test_1.images, test_2.images)
+    assert not torch.equal(train_1.images, train_2.images)
+    assert not set(train_2.images[:, 0, 0, 0].tolist()) & set(val_1.images[:, 0, 0, 0].tolist())
+    # Without a split seed, --seed draws everything as it always did.
+    assert all(torch.equal(a.images, b.images) for a, b in zip(pick(1, None), pick(1, None)))
+    assert not torch.equal(pick(1, None)[1].images, pick(2, None)[1].images)
+
+
 def test_too_many_shots_names_the_class_and_the_limit():
     with pytest.raises(UserError, match=r"--shots-per-class 30 is more than class 'blue' has for training \(18 images"):
         data.split_data(_split([40, 40, 20]), _split([2, 2, 2]), THREE_CLASSES, val_size=10, shots_per_class=30,

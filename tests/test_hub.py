@@ -163,5 +163,5 @@ def test_loading_from_a_folder_and_from_the_hub_cache_gives_identical_prediction
 def test_unreachable_model_id_names_the_id(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match="model 'nobody/nothing' is neither a local model folder nor a Hub model"):
+    with pytest.raises(UserError, match="model 'nobody/nothing' is neither a local model folder nor a Hub repo"):
         hub.load_model_folder("nobody/nothing")

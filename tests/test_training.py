@@ -1,6 +1,7 @@
 """train.py end to end on a tiny real dataset and timm's test_resnet: the model folder is the contract."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from conftest import CLASS_NAMES, TINY_MODEL
-from tl_space import data
+from tl_space import data, training
 from tl_space.evaluation import classification_metrics
 from tl_space.settings import STRATEGIES, TrainSettings, parse_settings
 from tl_space.training import run
@@ -119,6 +120,27 @@ def test_few_shot_run_trains_on_the_asked_counts(tiny_dataset, pretrained_file, 
     assert metrics["data"]["val_images"] == 30 and metrics["data"]["train_images"] == 5 * len(CLASS_NAMES)
 
 
+def test_a_time_budget_stops_training_early_with_the_schedule_run_out(tiny_dataset, pretrained_file, tmp_path):
+    folder = tmp_path / "budget"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="finetune", epochs=10_000, max_train_minutes=0.05))
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    spent = sum(entry["seconds"] for entry in history)
+    assert 1 <= len(history) < 10_000
+    assert 3 <= spent <= 3 + 2 * max(entry["seconds"] for entry in history) + 1  # stops in the epoch that spends it
+
+
+def test_the_schedule_follows_steps_or_time_whichever_is_further():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    clock = {"fraction": 0.0}
+    scheduler = training.cosine_with_warmup(optimizer, total_steps=1000, time_fraction=lambda: clock["fraction"])
+    factor = scheduler.lr_lambdas[0]
+    assert factor(0) == pytest.approx(1 / 50) and factor(50) == pytest.approx(1.0) and factor(1000) == 0
+    clock["fraction"] = 0.5  # half the time spent after 10 steps: the time decides
+    assert factor(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * (0.5 - 0.05) / 0.95)))
+    clock["fraction"] = 1.0
+    assert factor(10) == pytest.approx(0.0)
+
+
 def test_rerun_with_same_settings_replaces_the_folder(tiny_dataset, pretrained_file, tmp_path):
     settings = tiny_settings(tiny_dataset, tmp_path / "again", pretrained_file, strategy="linear-probe", epochs=1)
     run(settings)
@@ -195,3 +217,11 @@ def test_two_processes_give_the_same_test_metrics_as_one(tiny_dataset, pretraine
     for entry_one, entry_two in zip(one["history"], two["history"]):
         assert entry_two["val_accuracy"] == entry_one["val_accuracy"]
         assert entry_two["train_loss"] == pytest.approx(entry_one["train_loss"], rel=1e-4)
+
+
+def test_a_small_training_set_fills_an_epoch_with_reshuffled_passes():
+    loader = training.index_loader(10, batch_size=16, shuffle=True, seed=0, min_samples=48)
+    indices = torch.cat(list(loader))
+    assert len(indices) == 48 and len(loader) == 3
+    assert sorted(indices[:40].tolist()) == sorted(list(range(10)) * 4)  # whole passes, each image once per pass
+    assert len(torch.cat(list(training.index_loader(100, 16, True, 0, min_samples=48)))) == 100  # larger: one pass

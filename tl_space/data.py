@@ -197,9 +197,15 @@ def default_val_size(train_size: int) -> int:
 
 def split_data(train: LabelledImages, test: LabelledImages, class_names: list[str], *, val_size: int | None,
                shots_per_class: int | None, train_fraction: float | None, max_train_samples: int | None,
-               max_eval_samples: int | None, seed: int) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
-    """Train/val/test: a stratified validation hold-out, then few-shot and size caps, all seeded."""
-    generator = torch.Generator().manual_seed(seed)
+               max_eval_samples: int | None, seed: int,
+               split_seed: int | None = None) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """Train/val/test: a stratified validation hold-out, then few-shot and size caps, all seeded.
+
+    split_seed, when given, alone decides the validation and test images; seed then only picks the training subset.
+    """
+    generator = torch.Generator().manual_seed(seed if split_seed is None else split_seed)
+    # Without split_seed one generator draws everything, in the order runs have always drawn it.
+    subset_generator = generator if split_seed is None else torch.Generator().manual_seed(seed)
     num_classes = len(class_names)
     val_size = default_val_size(len(train)) if val_size is None else val_size
     if not 0 < val_size < len(train):
@@ -210,9 +216,10 @@ def split_data(train: LabelledImages, test: LabelledImages, class_names: list[st
 
     counts = few_shot_counts(train.labels, class_names, shots_per_class, train_fraction)
     if counts is not None:
-        train = train.subset(stratified_pick(train.labels, counts, generator)[0])
+        train = train.subset(stratified_pick(train.labels, counts, subset_generator)[0])
     if max_train_samples is not None and max_train_samples < len(train):
-        train = train.subset(stratified_pick(train.labels, stratified_counts(train.labels, num_classes, max_train_samples), generator)[0])
+        counts = stratified_counts(train.labels, num_classes, max_train_samples)
+        train = train.subset(stratified_pick(train.labels, counts, subset_generator)[0])
     if max_eval_samples is not None:
         val = _first(val, max_eval_samples, num_classes, generator)
         test = _first(test, max_eval_samples, num_classes, generator)
@@ -242,18 +249,26 @@ def open_dataset(dataset: str, image_column: str | None = None, label_column: st
 
 def decode_splits(dataset_dict: datasets.DatasetDict, image_column: str, label_column: str, class_names: list[str],
                   image_size: int, settings: TrainSettings, progress: bool = False,
-                  features_of: Callable[[LabelledImages], torch.Tensor] | None = None) -> DataSplits:
+                  features_of: Callable[[LabelledImages], torch.Tensor] | None = None,
+                  decoded: dict | None = None) -> DataSplits:
     """Decode train and test once, then make the seeded val hold-out and few-shot subsets from settings.
 
     features_of, when given, computes features of the whole decoded train and test splits before any subset is
     taken: one pass (or one cache entry) then serves every hold-out and few-shot subset.
+    decoded, when given, keeps the decoded splits for later calls on the same data (the runs of a study).
     """
-    train = decode_images(dataset_dict[settings.train_split], image_column, label_column, image_size, progress)
-    test = decode_images(dataset_dict[settings.test_split], image_column, label_column, image_size, progress)
-    for split_name, split in ((settings.train_split, train), (settings.test_split, test)):
-        if split.labels.min() < 0 or split.labels.max() >= len(class_names):
-            raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled rows?); "
-                            "pick labelled splits with --train-split / --test-split")
+    key = (settings.dataset, settings.train_split, settings.test_split, image_column, label_column, image_size)
+    if decoded is not None and key in decoded:
+        train, test = (LabelledImages(split.images, split.labels) for split in decoded[key])
+    else:
+        train = decode_images(dataset_dict[settings.train_split], image_column, label_column, image_size, progress)
+        test = decode_images(dataset_dict[settings.test_split], image_column, label_column, image_size, progress)
+        for split_name, split in ((settings.train_split, train), (settings.test_split, test)):
+            if split.labels.min() < 0 or split.labels.max() >= len(class_names):
+                raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled "
+                                "rows?); pick labelled splits with --train-split / --test-split")
+        if decoded is not None:  # copies: the features set below belong to this run's model only
+            decoded[key] = (LabelledImages(train.images, train.labels), LabelledImages(test.images, test.labels))
     # Quick runs (size caps) compute features of the few images they use; others, of whole splits, once.
     capped = settings.max_train_samples is not None or settings.max_eval_samples is not None
     if features_of is not None and not capped:
@@ -261,7 +276,8 @@ def decode_splits(dataset_dict: datasets.DatasetDict, image_column: str, label_c
     train, val, test = split_data(train, test, class_names, val_size=settings.val_size,
                                   shots_per_class=settings.shots_per_class, train_fraction=settings.train_fraction,
                                   max_train_samples=settings.max_train_samples,
-                                  max_eval_samples=settings.max_eval_samples, seed=settings.seed)
+                                  max_eval_samples=settings.max_eval_samples, seed=settings.seed,
+                                  split_seed=settings.split_seed)
     if features_of is not None and capped:
         for split in (train, val, test):
             split.features = features_of(split)

@@ -73,18 +73,30 @@ def retry_command(folder: Path, repo_id: str, private: bool) -> str:
     return f"python -m tl_space.hub push {folder} --hub-model-id {repo_id}" + (" --private" if private else "")
 
 
-def push_model_folder(folder: Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
-                      api: HfApi | None = None) -> str:
-    """Create the model repo if needed and upload the whole folder in one commit; returns the commit URL."""
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
-        raise UserError(f"{str(folder)!r} is not a model folder (no model.safetensors and config.json); "
-                        "give the --output-dir of a finished train.py run")
+# An unfinished (or killed, then finished elsewhere) run's resume state is not part of what is published.
+NOT_PUSHED = ["checkpoint/*", "checkpoint.*/*", "*/checkpoint/*", "*/checkpoint.*/*"]
+STUDY_FILE = "study.json"
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
+                api: HfApi | None = None) -> str:
+    """Create the model repo if needed and upload the folder, without resume checkpoints, in one commit."""
     api = api or HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                               commit_message=commit_message or f"Upload {folder.name} (tl-space)")
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", ignore_patterns=NOT_PUSHED,
+                               commit_message=commit_message or f"Upload {Path(folder).name} (tl-space)")
     return str(getattr(commit, "commit_url", commit))
+
+
+def push_model_folder(folder: Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
+                      api: HfApi | None = None) -> str:
+    """Upload a model folder (or a study folder) in one commit; returns the commit URL."""
+    folder = Path(folder)
+    is_model = (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    if not is_model and not (folder / STUDY_FILE).is_file():
+        raise UserError(f"{str(folder)!r} is not a model folder (no model.safetensors and config.json) nor a study "
+                        "folder (no study.json); give the --output-dir of a finished train.py or study run")
+    return push_folder(folder, repo_id, private=private, commit_message=commit_message, api=api)
 
 
 @dataclass
@@ -98,32 +110,61 @@ class LoadedModel:
     misclassified: list[dict]
     folder: Path
     source: str
+    study_folder: Path | None = None  # a study (study.json and its plots) to show beside the model
 
 
-def resolve_model_folder(source: str) -> Path:
-    """A local folder as is; a Hub id through the local Hub cache (works with HF_HUB_OFFLINE=1 once cached)."""
+# What the app needs of a study repo: not the weights of every run, only the served one's.
+STUDY_FILES = [STUDY_FILE, "README.md", "accuracy_vs_*.png"]
+
+
+def _download(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
+    return Path(snapshot_download(repo_id=repo_id.removeprefix("hf-hub:"), repo_type="model",
+                                  allow_patterns=allow_patterns))
+
+
+def resolve_folder(source: str, what: str = "model") -> Path:
+    """A local folder as is; a Hub repo through the local Hub cache (works with HF_HUB_OFFLINE=1 once cached).
+
+    Of a study repo only the study files and the run it serves are fetched, not every run's weights.
+    """
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     try:
-        return Path(snapshot_download(repo_id=source.removeprefix("hf-hub:"), repo_type="model"))
+        top = _download(source, [STUDY_FILE, "config.json"])
+        if (top / STUDY_FILE).is_file() and not (top / "config.json").is_file():
+            best_run = json.loads((top / STUDY_FILE).read_text()).get("best_run")
+            return _download(source, STUDY_FILES + ([f"{best_run}/*"] if best_run and what == "model" else []))
+        return _download(source)
     except Exception as error:  # huggingface_hub raises many types: offline, not found, gated, bad id
-        raise UserError(f"model {source!r} is neither a local model folder nor a Hub model that could be fetched "
+        raise UserError(f"{what} {source!r} is neither a local {what} folder nor a Hub repo that could be fetched "
                         f"({type(error).__name__}); check the id and the network, log in for a private repo, "
-                        "or give the path of a train.py --output-dir") from error
+                        f"or give the path of a train.py or study --output-dir") from error
 
 
-def load_model_folder(source: str) -> LoadedModel:
-    """The trained classifier and its folder's metrics and misclassified records, from a Hub id or a local folder."""
-    folder = resolve_model_folder(source)
+def load_model_folder(source: str, study_source: str | None = None) -> LoadedModel:
+    """The trained classifier and its folder's metrics and misclassified records, from a Hub id or a local folder.
+
+    A study folder (or repo) serves its best run and shows the study; study_source adds a study to any model.
+    """
+    folder = resolve_folder(source)
+    study_folder = resolve_folder(study_source, "study") if study_source else None
+    if not (folder / "config.json").is_file() and (folder / STUDY_FILE).is_file():
+        study_folder = study_folder or folder
+        best_run = json.loads((folder / STUDY_FILE).read_text()).get("best_run")
+        if not best_run:
+            raise UserError(f"the study {source!r} has no finished run to serve yet")
+        folder = folder / best_run
     if not (folder / "config.json").is_file():
         raise UserError(f"model {source!r} has no config.json: not a timm model folder written by train.py")
+    if study_folder is not None and not (study_folder / STUDY_FILE).is_file():
+        raise UserError(f"study {study_source!r} has no {STUDY_FILE}: not a folder written by tl_space.study")
     model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     label_names = list(model.pretrained_cfg.get("label_names") or [str(i) for i in range(model.num_classes)])
     preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
     metrics = _read_json(folder / "metrics.json", {})
     misclassified = _read_json(folder / "misclassified.json", [])
-    return LoadedModel(model, label_names, preprocessing, metrics, misclassified, folder, source)
+    return LoadedModel(model, label_names, preprocessing, metrics, misclassified, folder, source, study_folder)
 
 
 def _read_json(path: Path, default):

@@ -57,9 +57,15 @@ def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:
     return output_dir
 
 
+def differing_settings(previous: dict, settings: TrainSettings) -> list[str]:
+    """Names of the settings that change what a run computes and differ from previous (a saved settings dict)."""
+    current = settings.to_dict()
+    return sorted(key for key in current if key not in NON_RUN_SETTINGS and previous.get(key) != current[key])
+
+
 def _check_same_run(output_dir: Path, previous: dict, settings: TrainSettings, advice: str) -> None:
     current = settings.to_dict()
-    differing = sorted(key for key in current if key not in NON_RUN_SETTINGS and previous.get(key) != current[key])
+    differing = differing_settings(previous, settings)
     if differing:
         changes = ", ".join(f"{key}: {previous.get(key)!r} -> {current[key]!r}" for key in differing[:5])
         raise UserError(f"--output-dir {str(output_dir)!r} holds a different run ({changes}); {advice}")

@@ -22,7 +22,7 @@ HEAD_LR = 1e-3
 BACKBONE_LR = {"scratch": 1e-3, "partial": 3e-4, "finetune": 1e-4, "lp-ft": 1e-4}
 
 
-def _option(default, help: str, **argparse_kwargs):
+def option(default, help: str, **argparse_kwargs):
     return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
@@ -30,46 +30,54 @@ def _option(default, help: str, **argparse_kwargs):
 class TrainSettings:
     """Every knob of a training run, with defaults that work."""
 
-    dataset: str = _option("uoft-cs/cifar10", "Hub dataset id, or a local folder in the same layout (parquet files or save_to_disk)")
-    image_column: str | None = _option(None, "image column; if unset, found from the features (img, image, ...)")
-    label_column: str | None = _option(None, "label column; if unset, found from the features (label, fine_label, ...)")
-    train_split: str = _option("train", "split to train (and hold validation images out of)")
-    test_split: str = _option("test", "split evaluated once, at the end")
-    model: str = _option("resnet18.a1_in1k", "any timm model name; its ImageNet weights come from the Hub unless --pretrained-file")
-    pretrained_file: str | None = _option(None, "local timm-format weights file (.safetensors) for the backbone")
-    strategy: str = _option("finetune", "what is trained", choices=STRATEGIES)
-    unfreeze_stages: int = _option(1, "with --strategy partial: how many of the last stages train, besides the head")
-    epochs: int = _option(5, "training epochs (for lp-ft: of the fine-tuning stage)")
-    probe_epochs: int = _option(10, "with --strategy lp-ft: epochs of the linear-probe stage")
-    batch_size: int = _option(128, "images per batch and process")
-    eval_batch_size: int | None = _option(None, "images per batch for features and evaluation; if unset, "
+    dataset: str = option("uoft-cs/cifar10", "Hub dataset id, or a local folder in the same layout (parquet files or save_to_disk)")
+    image_column: str | None = option(None, "image column; if unset, found from the features (img, image, ...)")
+    label_column: str | None = option(None, "label column; if unset, found from the features (label, fine_label, ...)")
+    train_split: str = option("train", "split to train (and hold validation images out of)")
+    test_split: str = option("test", "split evaluated once, at the end")
+    model: str = option("resnet18.a1_in1k", "any timm model name; its ImageNet weights come from the Hub unless --pretrained-file")
+    pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
+    strategy: str = option("finetune", "what is trained", choices=STRATEGIES)
+    unfreeze_stages: int = option(1, "with --strategy partial: how many of the last stages train, besides the head")
+    epochs: int = option(5, "training epochs (for lp-ft: of the fine-tuning stage)")
+    probe_epochs: int = option(10, "with --strategy lp-ft: epochs of the linear-probe stage")
+    batch_size: int = option(128, "images per batch and process")
+    eval_batch_size: int | None = option(None, "images per batch for features and evaluation; if unset, "
                                           f"{CPU_EVAL_BATCH_SIZE} on a CPU (small batches stay in its caches), --batch-size on a GPU")
-    compile: str = _option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
+    compile: str = option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
                            f"for at least {COMPILE_MIN_IMAGES} images, where it pays for its start-up",
                            choices=COMPILE_CHOICES)
-    lr: float | None = _option(None, f"peak learning rate of AdamW; if unset, {HEAD_LR} for linear-probe (and the lp-ft probe stage), "
+    lr: float | None = option(None, f"peak learning rate of AdamW; if unset, {HEAD_LR} for linear-probe (and the lp-ft probe stage), "
                                + ", ".join(f"{lr} for {name}" for name, lr in BACKBONE_LR.items()))
-    weight_decay: float = _option(0.05, "AdamW weight decay")
-    image_size: int | None = _option(None, "side of the square input the model sees; if unset, the model's pretrained size")
-    seed: int = _option(42, "seed for splits, subsets, initialisation and augmentation")
-    train_fraction: float | None = _option(None, "few-shot: keep this fraction of each class's training images, e.g. 0.1")
-    shots_per_class: int | None = _option(None, "few-shot: keep exactly this many training images per class, e.g. 50")
-    val_size: int | None = _option(None, "images held out of the train split for per-epoch validation, stratified; if unset, 10%% of it, at most 5000")
-    max_train_samples: int | None = _option(None, "quick runs: use at most this many training images (stratified)")
-    max_eval_samples: int | None = _option(None, "quick runs: use at most this many validation and test images each")
-    max_misclassified: int = _option(64, "most confident test mistakes saved to misclassified/")
-    mixed_precision: str = _option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    image_size: int | None = option(None, "side of the square input the model sees; if unset, the model's pretrained size")
+    max_train_minutes: float | None = option(None, "time budget: stop training after this many minutes (validation "
+                                              "included; --epochs is then the most it may run) and let the learning "
+                                              "rate follow the time spent")
+    seed: int = option(42, "seed for splits, subsets, initialisation and augmentation")
+    split_seed: int | None = option(None, "seed of the validation hold-out (and of --max-eval-samples); if unset, "
+                                     "--seed. Runs that differ only in --seed then share validation and test images")
+    train_fraction: float | None = option(None, "few-shot: keep this fraction of each class's training images, e.g. 0.1")
+    shots_per_class: int | None = option(None, "few-shot: keep exactly this many training images per class, e.g. 50")
+    val_size: int | None = option(None, "images held out of the train split for per-epoch validation, stratified; if unset, 10%% of it, at most 5000")
+    min_epoch_images: int = option(0, "few-shot: an epoch goes over a small training set again and again until it has "
+                                      "shown this many images, so tiny subsets get steps, not just validations; "
+                                      "0: each image once per epoch")
+    max_train_samples: int | None = option(None, "quick runs: use at most this many training images (stratified)")
+    max_eval_samples: int | None = option(None, "quick runs: use at most this many validation and test images each")
+    max_misclassified: int = option(64, "most confident test mistakes saved to misclassified/")
+    mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
-    report_to: str | None = _option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
-    feature_cache_dir: str = _option("~/.cache/tl-space/features",
+    report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
+    feature_cache_dir: str = option("~/.cache/tl-space/features",
                                      "where linear-probe and lp-ft keep the frozen backbone's features for reruns; none: off")
-    output_dir: str = _option("runs/cifar10", "where the model folder is written")
-    overwrite: bool = _option(False, "replace an --output-dir that holds a different run")
-    resume: bool = _option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)")
-    push_to_hub: bool = _option(False, "upload the model folder to the Hugging Face Hub after training "
+    output_dir: str = option("runs/cifar10", "where the model folder is written")
+    overwrite: bool = option(False, "replace an --output-dir that holds a different run")
+    resume: bool = option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)")
+    push_to_hub: bool = option(False, "upload the model folder to the Hugging Face Hub after training "
                                        "(the token is checked before training starts)")
-    hub_model_id: str | None = _option(None, "OWNER/NAME of the model repo to push to")
-    private: bool = _option(False, "with --push-to-hub: create the repo private")
+    hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to")
+    private: bool = option(False, "with --push-to-hub: create the repo private")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,14 +91,11 @@ def _argument_type(annotation: str):
     return str
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one --option per TrainSettings field, its default shown."""
-    parser = argparse.ArgumentParser(
-        description="Fine-tune an ImageNet-pretrained timm model on an image classification dataset "
-                    "and write a complete model folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for settings_field in dataclasses.fields(TrainSettings):
+def add_arguments(parser: argparse.ArgumentParser, settings_class: type, exclude: typing.Collection[str] = ()) -> None:
+    """One --option per field of a settings dataclass (but those in exclude), with its help and default."""
+    for settings_field in dataclasses.fields(settings_class):
+        if settings_field.name in exclude or "help" not in settings_field.metadata:
+            continue
         flag = "--" + settings_field.name.replace("_", "-")
         extra = {k: v for k, v in settings_field.metadata.items() if k != "help"}
         if settings_field.type == "bool":
@@ -98,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         parser.add_argument(flag, type=_argument_type(settings_field.type), default=settings_field.default,
                             help=settings_field.metadata["help"], **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one --option per TrainSettings field, its default shown."""
+    parser = argparse.ArgumentParser(
+        description="Fine-tune an ImageNet-pretrained timm model on an image classification dataset "
+                    "and write a complete model folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(parser, TrainSettings)
     return parser
 
 
@@ -116,7 +131,7 @@ def check_settings(settings: TrainSettings) -> None:
     if settings.compile not in COMPILE_CHOICES:
         raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
-                "max_train_samples", "max_eval_samples", "lr")
+                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes")
     for name in positive:
         value = getattr(settings, name)
         if value is not None and value <= 0:
@@ -127,5 +142,5 @@ def check_settings(settings: TrainSettings) -> None:
         raise UserError(f"--train-fraction {settings.train_fraction} must be in (0, 1], e.g. 0.1 for 10%")
     if settings.train_fraction is not None and settings.shots_per_class is not None:
         raise UserError("--train-fraction and --shots-per-class both pick a few-shot subset; give one of them")
-    if settings.max_misclassified < 0 or settings.weight_decay < 0:
-        raise UserError("--max-misclassified and --weight-decay must not be negative")
+    if settings.max_misclassified < 0 or settings.weight_decay < 0 or settings.min_epoch_images < 0:
+        raise UserError("--max-misclassified, --weight-decay and --min-epoch-images must not be negative")

@@ -12,9 +12,9 @@ import timm
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from tl_space import checkpoint
@@ -62,6 +62,29 @@ class RunState:
     resume_epochs_done: int = 0
 
 
+@dataclass
+class TimeBudget:
+    """A stage's share of --max-train-minutes: the fraction spent, agreed by all processes so they stop together."""
+
+    allowed_seconds: float | None  # None: no time budget
+    spent_before: float = 0.0  # by this stage's finished epochs
+    epoch_started: float = 0.0
+    fraction: float = 0.0
+
+    def update(self, accelerator: Accelerator) -> None:
+        if self.allowed_seconds is None:
+            return
+        spent = self.spent_before + time.perf_counter() - self.epoch_started
+        fraction = torch.tensor([spent / max(self.allowed_seconds, 1e-9)], device=accelerator.device)
+        if accelerator.num_processes > 1:  # one clock, process 0's: the same learning rate and last step everywhere
+            fraction = broadcast(fraction, from_process=0)
+        self.fraction = float(fraction)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.allowed_seconds is not None and self.fraction >= 1
+
+
 def make_accelerator(settings: TrainSettings) -> Accelerator:
     mixed_precision = None  # None: what `accelerate launch` / `accelerate config` chose
     if settings.mixed_precision != "auto":
@@ -79,10 +102,16 @@ def make_accelerator(settings: TrainSettings) -> Accelerator:
     )
 
 
-def index_loader(count: int, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """Batches of indices into an in-memory split; accelerate shards them across processes."""
-    return DataLoader(range(count), batch_size=batch_size, shuffle=shuffle,
-                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+def index_loader(count: int, batch_size: int, shuffle: bool, seed: int, min_samples: int = 0) -> DataLoader:
+    """Batches of indices into an in-memory split; accelerate shards them across processes.
+
+    When shuffling, an epoch holds at least min_samples indices: a small split is shuffled again and again.
+    """
+    if not shuffle:
+        return DataLoader(range(count), batch_size=batch_size)
+    sampler = RandomSampler(range(count), num_samples=max(count, min_samples),
+                            generator=torch.Generator().manual_seed(seed))
+    return DataLoader(range(count), batch_size=batch_size, sampler=sampler)
 
 
 def image_inputs(images: torch.Tensor, preprocessing: Preprocessing, generator: torch.Generator | None) -> InputsFn:
@@ -158,14 +187,18 @@ def feature_extractor(model: nn.Module, batch_size: int, compile_it: bool) -> nn
     return FixedBatch(torch.compile(backbone, dynamic=False), batch_size)
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
+                       time_fraction: Callable[[], float] = lambda: 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0, over total_steps or over a time budget, whichever is further along."""
     warmup_steps = max(1, int(total_steps * WARMUP_FRACTION))
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        time_progress = time_fraction()
+        if step < warmup_steps and time_progress < WARMUP_FRACTION:
+            return max((step + 1) / warmup_steps, time_progress / WARMUP_FRACTION)
+        progress = max((step - warmup_steps) / max(1, total_steps - warmup_steps),
+                       (time_progress - WARMUP_FRACTION) / (1 - WARMUP_FRACTION))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -175,11 +208,13 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     to run_state.history, keep the best model in run_state.best, and checkpoint after every epoch."""
     trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
-    loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed)
+    loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed,
+                          min_samples=settings.min_epoch_images)
     module, optimizer, loader = accelerator.prepare(stage.module, optimizer, loader)
     # Counted in optimizer steps of the sharded loader and stepped by us, not by accelerate's per-process
     # scheduler wrapper: N processes then follow the same schedule as one process with N times the batch.
-    scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader))
+    budget = TimeBudget(None)
+    scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader), lambda: budget.fraction)
     done = 0
     if run_state.resume_stage == stage.index:
         checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator, stage.lr)
@@ -188,10 +223,17 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     train_labels = splits.train.labels.to(accelerator.device)
     first_epoch = len(history) - done + 1
     last_epoch = first_epoch + stage.epochs - 1
+    if settings.max_train_minutes:  # earlier stages' time counts against the run's budget
+        budget.allowed_seconds = settings.max_train_minutes * 60 - sum(e["seconds"] for e in history[:first_epoch - 1])
+        budget.spent_before = sum(entry["seconds"] for entry in history[first_epoch - 1:])
+        if budget.allowed_seconds <= 0:
+            if accelerator.is_main_process:
+                tqdm.write(f"{stage.name}: skipped, the {settings.max_train_minutes:g}-minute budget is spent")
+            return
     for epoch in range(first_epoch + done, last_epoch + 1):
         loader.set_epoch(epoch)
         model_module.train_mode(module)
-        started = time.perf_counter()
+        started = budget.epoch_started = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
         seen = torch.zeros((), device=accelerator.device)
@@ -217,6 +259,9 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
+            budget.update(accelerator)
+            if budget.exhausted:  # this epoch ends here, validated and saved like any other
+                break
         totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
         train_seconds = time.perf_counter() - started
         val_logits = predict(accelerator, accelerator.unwrap_model(module), stage.val_inputs, len(splits.val),
@@ -243,6 +288,13 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                            "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}
         checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress_record, best["state"], scheduler,
                                    run_state.generator)
+        budget.spent_before += entry["seconds"]
+        budget.epoch_started = time.perf_counter()
+        budget.update(accelerator)
+        if budget.exhausted:
+            if accelerator.is_main_process:
+                tqdm.write(f"{stage.name}: the {settings.max_train_minutes:g}-minute budget is spent after epoch {epoch}")
+            break
     accelerator.free_memory()
 
 
@@ -323,13 +375,21 @@ def start_or_resume(accelerator: Accelerator, checkpoint_dir: Path, generator: t
                     resume_stage=progress["stage_index"], resume_epochs_done=progress["stage_epochs_done"])
 
 
-def run(settings: TrainSettings) -> Path:
-    """Train, evaluate and write the model folder; returns its path."""
+def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded: dict | None = None) -> Path:
+    """Train, evaluate and write the model folder; returns its path.
+
+    A caller running several trainings in one process (a study) passes its own accelerator, which it ends, and a
+    dict in which the decoded dataset is kept between runs.
+    """
     check_settings(settings)
     output_dir = check_output_dir(Path(settings.output_dir), settings)
     if settings.push_to_hub:  # a missing or read-only token must not cost a training run
         hub.check_push_access(settings.hub_model_id)
-    accelerator = make_accelerator(settings)
+    owns_accelerator = accelerator is None
+    accelerator = accelerator or make_accelerator(settings)
+    if owns_accelerator and settings.report_to:
+        accelerator.init_trackers(output_dir.name, config={key: value for key, value in settings.to_dict().items()
+                                                           if isinstance(value, (bool, int, float, str))})
     set_seed(settings.seed)
     started = time.perf_counter()
     model_module.check_model_name(settings.model)
@@ -346,7 +406,8 @@ def run(settings: TrainSettings) -> Path:
     splits = data_module.decode_splits(
         dataset_dict, image_column, label_column, class_names, preprocessing.image_size, settings,
         progress=accelerator.is_local_main_process,
-        features_of=backbone_features(accelerator, model, preprocessing, settings) if probe_first else None)
+        features_of=backbone_features(accelerator, model, preprocessing, settings) if probe_first else None,
+        decoded=decoded)
     # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
     generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
     image_inputs_by_split = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)
@@ -410,5 +471,6 @@ def run(settings: TrainSettings) -> Path:
         if settings.push_to_hub:
             push(output_dir, settings, test["accuracy"])
     accelerator.wait_for_everyone()
-    accelerator.end_training()  # closes trackers and, in newer accelerate, the process group: last
+    if owns_accelerator:
+        accelerator.end_training()  # closes trackers and, in newer accelerate, the process group: last
     return output_dir

@@ -9,6 +9,7 @@ import gradio as gr
 
 from tl_space.hub import LoadedModel
 from tl_space.inference import ImageError, class_probabilities, open_image
+from tl_space.study_report import PLOTS, findings, load_study, summarize
 
 ALL = "all classes"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -78,6 +79,31 @@ def report_markdown(loaded: LoadedModel) -> str:
     lines.append("\n| setting | value |\n|---|---|")
     lines += [f"| {key} | {value} |" for key, value in settings.items() if value is not None and key not in hidden]
     return "\n".join(lines)
+
+
+def study_markdown(study: dict, served_run: str) -> str:
+    """The study's question, budget and findings, each finding a sentence computed from the table."""
+    training, settings = study["training"], study["study"]
+    budget = (f"{training['epochs']} epochs" if settings["budget"] == "epochs"
+              else f"{settings['minutes']:g} minutes of training")
+    lines = [f"### When does transfer learning work? `{training['model']}` on `{training['dataset']}`",
+             f"{len(study['rows'])} of {study['planned_runs']} runs finished, each with the same budget ({budget}), "
+             f"the same validation and test images, at {training['image_size'] or 'the pretrained'} px. "
+             f"The Classify tab serves `{served_run}`.", "", "**Findings**", ""]
+    lines += [f"- {sentence}" for sentence in findings(summarize(study["rows"]))]
+    if study.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(study["skipped"]) + "."]
+    return "\n".join(lines)
+
+
+def study_table(study: dict) -> list[list]:
+    return [[entry["strategy"], entry["shots"], round(entry["images_per_class"]), entry["runs"],
+             round(entry["mean_test_accuracy"] * 100, 2), round(entry["std_test_accuracy"] * 100, 2),
+             round(entry["mean_wall_seconds"]), entry["trainable_parameters"]] for entry in summarize(study["rows"])]
+
+
+STUDY_HEADERS = ["strategy", "shots per class", "images per class", "runs", "test accuracy (%)", "spread (± %)",
+                 "wall seconds", "trainable parameters"]
 
 
 def example_images(examples_dir: Path | None) -> list[str]:
@@ -150,4 +176,16 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
             for file, title in (("curves.png", "Loss and accuracy per epoch"), ("confusion_matrix.png", "Confusion matrix")):
                 if (loaded.folder / file).is_file():
                     gr.Image(str(loaded.folder / file), label=title, interactive=False)
+        study = load_study(loaded.study_folder)
+        if study and study["rows"]:
+            served = loaded.folder.relative_to(loaded.study_folder) if loaded.folder.is_relative_to(
+                loaded.study_folder) else model_name
+            with gr.Tab("Study"):
+                gr.Markdown(study_markdown(study, str(served)))
+                gr.Dataframe(study_table(study), headers=STUDY_HEADERS, label="Every strategy at every shot size",
+                             interactive=False)
+                for file, title in PLOTS.items():
+                    if (loaded.study_folder / file).is_file():
+                        gr.Image(str(loaded.study_folder / file), label=title, interactive=False,
+                                 elem_classes="study-plot")
     return demo

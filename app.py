@@ -16,14 +16,18 @@ from tl_space.ui import build_demo, build_error_page
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "model"
+DEFAULT_STUDY = ROOT / "study"  # the study recorded in the README, shown beside the bundled model
 MAX_UPLOAD = "20mb"
 
 
 def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.Blocks:
-    """The page for model_id (default: MODEL_ID, else the bundled model/ folder) and, when given or set in STUDY_ID,
-    a study's tab; or a page saying why they could not be loaded."""
-    model_id = model_id or os.environ.get("MODEL_ID") or str(DEFAULT_MODEL)
-    study_id = study_id or os.environ.get("STUDY_ID") or None
+    """The page for model_id (default: MODEL_ID, else the bundled model/ folder) and a Study tab for study_id
+    (default: STUDY_ID, else with the bundled model the bundled study/); or a page saying why they failed to load."""
+    model_id = model_id or os.environ.get("MODEL_ID")
+    study_id = study_id or os.environ.get("STUDY_ID")
+    if not model_id:
+        model_id = str(DEFAULT_MODEL)
+        study_id = study_id or (str(DEFAULT_STUDY) if (DEFAULT_STUDY / "study.json").is_file() else None)
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Gradio decodes uploads with PIL too: same bound there
     try:
         loaded = load_model_folder(model_id, study_id)

@@ -30,6 +30,13 @@ Test accuracy **{{ "%.2f" | format(test_accuracy * 100) }}%** on {{ test_images 
 
 ![Confusion matrix](confusion_matrix.png)
 
+Calibration: a temperature T = {{ "%.3f" | format(temperature) }}, fitted on the validation split, divides the logits
+before the softmax. Expected calibration error on the test split ({{ bins }} bins): {{ "%.2f" | format(ece_before * 100) }}%
+before, {{ "%.2f" | format(ece_after * 100) }}% after; the predicted classes, and so the accuracy, do not change.
+The tl-space app shows calibrated probabilities.
+
+![Reliability diagram](reliability.png)
+
 {% if most_confused %}Most confused pairs (true → predicted: test images):
 {% for pair in most_confused %}- {{ pair.true }} → {{ pair.predicted }}: {{ pair.count }}
 {% endfor %}{% endif %}
@@ -118,6 +125,8 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         hardware=f"{device} × {hardware['processes']} process(es), mixed precision {hardware['mixed_precision']}",
         total_minutes=metrics["timing"]["total_seconds"] / 60,
         images_per_second=metrics["timing"]["train_images_per_second"],
+        temperature=metrics["calibration"]["temperature"], bins=metrics["calibration"]["bins"],
+        ece_before=metrics["calibration"]["test_ece_before"], ece_after=metrics["calibration"]["test_ece_after"],
     )
 
 

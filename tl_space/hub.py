@@ -112,6 +112,11 @@ class LoadedModel:
     source: str
     study_folder: Path | None = None  # a study (study.json and its plots) to show beside the model
 
+    @property
+    def temperature(self) -> float:
+        """Divides the logits for calibrated probabilities; 1 for folders written before calibration existed."""
+        return float(self.metrics.get("calibration", {}).get("temperature", 1.0))
+
 
 # What the app needs of a study repo: not the weights of every run, only the served one's.
 STUDY_FILES = [STUDY_FILE, "README.md", "accuracy_vs_*.png"]

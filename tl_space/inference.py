@@ -77,7 +77,7 @@ def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def class_probabilities(loaded: LoadedModel, image: Image.Image) -> dict[str, float]:
-    """Probability of every class for one image, with the model's own resize, mean and std."""
+    """Calibrated probability of every class for one image, with the model's own resize, mean and std."""
     inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
-    probabilities = loaded.model(inputs).float().softmax(dim=1)[0]
+    probabilities = (loaded.model(inputs).float() / loaded.temperature).softmax(dim=1)[0]
     return {name: float(p) for name, p in zip(loaded.label_names, probabilities)}

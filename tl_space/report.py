@@ -19,6 +19,7 @@ from timm.models import save_for_hf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tl_space import checkpoint  # noqa: E402
+from tl_space.calibration import plot_reliability  # noqa: E402
 from tl_space.card import write_model_card  # noqa: E402
 from tl_space.errors import UserError  # noqa: E402
 from tl_space.settings import TrainSettings  # noqa: E402
@@ -158,6 +159,7 @@ def write_model_folder(output_dir: Path, model: nn.Module, class_names: list[str
     records = write_misclassified(staging, mistakes, test_images)
     plot_curves(metrics["history"], staging / "curves.png")
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, staging / "confusion_matrix.png")
+    plot_reliability(metrics["calibration"], staging / "reliability.png")
     write_model_card(staging, metrics, records)
     if output_dir.exists():
         previous = output_dir.with_name(f".{output_dir.name}.previous")

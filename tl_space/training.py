@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from tl_space import checkpoint
+from tl_space.calibration import calibration_report
 from tl_space import data as data_module
 from tl_space import features as feature_cache
 from tl_space import hub
@@ -434,13 +435,18 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     history, best = run_state.history, run_state.best
 
     model.load_state_dict(best["state"])
-    if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass
-        test_logits = predict(accelerator, model.get_classifier(), feature_inputs(splits.test.features), len(splits.test),
-                              FEATURE_BATCH_SIZE)
-    else:
-        test_logits = predict(accelerator, model, image_inputs_by_split["test"], len(splits.test),
-                              eval_batch_size(accelerator, settings), description="test")
+    logits = {}
+    for name in ("val", "test"):
+        split = getattr(splits, name)
+        if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass
+            logits[name] = predict(accelerator, model.get_classifier(), feature_inputs(split.features), len(split),
+                                   FEATURE_BATCH_SIZE)
+        else:
+            logits[name] = predict(accelerator, model, image_inputs_by_split[name], len(split),
+                                   eval_batch_size(accelerator, settings), description=name)
+    test_logits = logits["test"]
     test = classification_metrics(test_logits, splits.test.labels, splits.class_names)
+    calibration = calibration_report(logits["val"], splits.val.labels, test_logits, splits.test.labels)
     test["best_epoch"] = best["epoch"]
     trained_images = len(splits.train) * len(history)
     training_seconds = sum(entry["seconds"] for entry in history)
@@ -450,6 +456,7 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
         "settings": settings.to_dict(),
         "model": {"architecture": model.pretrained_cfg.get("architecture", settings.model),
                   "base_model": base_model_id(model, settings), "pretrained_file": settings.pretrained_file},
+        "calibration": calibration,
         "preprocessing": preprocessing.to_dict(),
         "data": {"train_images": len(splits.train), "val_images": len(splits.val), "test_images": len(splits.test),
                  "train_images_per_class": dict(zip(splits.class_names, torch.bincount(
@@ -463,11 +470,15 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
                      "mixed_precision": accelerator.mixed_precision,
                      "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }
-    mistakes = misclassified_records(test_logits, splits.test.labels, splits.class_names, settings.max_misclassified)
+    # With the probabilities the app will show: calibrated.
+    mistakes = misclassified_records(test_logits / calibration["temperature"], splits.test.labels, splits.class_names,
+                                     settings.max_misclassified)
     accelerator.log({"test_accuracy": test["accuracy"], "test_loss": test["loss"]}, step=len(history))
     if accelerator.is_main_process:
         write_model_folder(output_dir, model, splits.class_names, preprocessing, metrics, mistakes, splits.test.images)
-        tqdm.write(f"test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}); model folder: {output_dir}")
+        tqdm.write(f"test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}); expected calibration error "
+                   f"{calibration['test_ece_before']:.4f}, {calibration['test_ece_after']:.4f} at temperature "
+                   f"{calibration['temperature']:.3f}; model folder: {output_dir}")
         if settings.push_to_hub:
             push(output_dir, settings, test["accuracy"])
     accelerator.wait_for_everyone()

@@ -72,6 +72,11 @@ def report_markdown(loaded: LoadedModel) -> str:
         f"{len(metrics['history'])} epochs at {metrics['preprocessing']['image_size']} px; best epoch "
         f"{test['best_epoch']} by validation accuracy. Test loss {test['loss']:.3f}.",
     ]
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(f"\n**Calibration**: probabilities are divided by a temperature of {calibration['temperature']:.3f} "
+                     "fitted on the validation split; expected calibration error on the test split "
+                     f"{calibration['test_ece_before']:.2%} before, {calibration['test_ece_after']:.2%} after.")
     if test["most_confused"]:
         lines.append("\n**Most confused pairs** (true → predicted: test images): " + ", ".join(
             f"{pair['true']} → {pair['predicted']}: {pair['count']}" for pair in test["most_confused"][:5]))
@@ -173,7 +178,8 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
                              metrics["test"]["per_class_accuracy"].items()]
                 gr.Dataframe(per_class, headers=["class", "test accuracy (%)"], label="Per-class accuracy",
                              interactive=False)
-            for file, title in (("curves.png", "Loss and accuracy per epoch"), ("confusion_matrix.png", "Confusion matrix")):
+            for file, title in (("curves.png", "Loss and accuracy per epoch"), ("confusion_matrix.png", "Confusion matrix"),
+                                ("reliability.png", "Reliability: accuracy vs confidence, before and after calibration")):
                 if (loaded.folder / file).is_file():
                     gr.Image(str(loaded.folder / file), label=title, interactive=False)
         study = load_study(loaded.study_folder)

@@ -1,4 +1,4 @@
-"""Screenshots of the app's three tabs for the README: `python docs/make_screenshots.py [--model model]`.
+"""Screenshots of the app's tabs for the README: `python docs/make_screenshots.py [--model model] [--study study]`.
 
 Starts `python app.py` on a free local port, drives Debian's chromium with Playwright, writes docs/*.png.
 """
@@ -21,12 +21,19 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 
+def wait_for_images(page, selector: str, count: int = 1) -> None:
+    page.wait_for_function(f"() => {{ const images = [...document.querySelectorAll('{selector}')];"
+                           f" return images.length >= {count} && images.every(i => i.complete && i.naturalWidth > 0); }}",
+                           timeout=60_000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "model"))
+    parser.add_argument("--study", default=str(ROOT / "study"))
     parser.add_argument("--image", default=str(ROOT / "examples" / "cat.png"))
     args = parser.parse_args()
-    with running_app(args.model, Path(tempfile.mkdtemp())) as (url, _):
+    with running_app(args.model, Path(tempfile.mkdtemp()), study_id=args.study) as (url, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -34,13 +41,19 @@ def main() -> None:
             page.locator("input[type=file]").first.set_input_files(args.image)
             page.get_by_role("button", name="Classify", exact=True).click()
             page.get_by_text("Predicted in").wait_for(timeout=60_000)
-            page.screenshot(path=str(ROOT / "docs" / "classify.png"))
-            for tab, name in (("Where it fails", "mistakes.png"), ("Training report", "report.png")):
+            page.get_by_label("Show where the model looks (Grad-CAM heatmap)").check()
+            wait_for_images(page, "#cam-image img")
+            page.screenshot(path=str(ROOT / "docs" / "classify.png"), full_page=True)
+            page.get_by_role("tab", name="Where it fails").click()
+            wait_for_images(page, "#mistakes-gallery img")
+            page.locator("#mistakes-gallery img").first.click()
+            wait_for_images(page, "#mistake-cams img", count=2)
+            page.screenshot(path=str(ROOT / "docs" / "mistakes.png"), full_page=True)
+            for tab, name, selector in (("Training report", "report.png", "img"), ("Study", "study.png", ".study-plot img")):
                 page.get_by_role("tab", name=tab).click()
-                page.wait_for_function("() => [...document.querySelectorAll('#mistakes-gallery img')]"
-                                       ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
                 time.sleep(1)
-                page.screenshot(path=str(ROOT / "docs" / name), full_page=tab == "Training report")
+                wait_for_images(page, selector)
+                page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
             browser.close()
 
 

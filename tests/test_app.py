@@ -63,8 +63,11 @@ def test_classify_returns_the_five_most_likely_labels_sorted(client, sample_imag
     top5 = sorted(expected.items(), key=lambda item: -item[1])[:5]
     assert [entry["label"] for entry in confidences] == [name for name, _ in top5]
     assert values == pytest.approx([value for _, value in top5], abs=1e-5)
-    # The model's own softmax over all classes: the top 5 of 6 leave some probability out, never renormalised.
-    assert sum(expected.values()) == pytest.approx(1, abs=1e-5) and sum(values) < 1 - 1e-6
+    # The model's own (calibrated) softmax over all classes: the top 5 of 6 leave the sixth's share out, never
+    # renormalised over the five.
+    sixth = min(expected.values())
+    assert sum(expected.values()) == pytest.approx(1, abs=1e-5)
+    assert sum(values) == pytest.approx(1 - sixth, abs=1e-6) and sum(values) <= 1 + 1e-6
     assert timing.startswith("Predicted in ") and "ms" in timing
 
 
@@ -122,6 +125,15 @@ def test_concurrent_visitors_are_queued_and_all_answered(app_url, sample_images)
         answers = list(pool.map(visitor, range(6)))
     assert len(answers) == 6 and all(len(labels) == 3 for labels in answers)
     assert all(label in CLASS_NAMES for labels in answers for label in labels)
+
+
+def test_heatmaps_come_back_within_a_request_and_differ_between_classes(client, sample_images):
+    red, blue = (Image.open(client.predict(handle_file(str(sample_images[0])), name, api_name="/explain"))
+                 for name in ("red", "blue"))
+    assert red.size == blue.size == (320, 320)
+    assert np.abs(np.asarray(red, dtype=int) - np.asarray(blue, dtype=int)).mean() > 1
+    with pytest.raises(AppError, match="Pick one of the model's classes"):
+        client.predict(handle_file(str(sample_images[0])), "purple", api_name="/explain")
 
 
 def test_example_images_classify(client):
@@ -185,6 +197,7 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
     demo = app.create_demo()
     page_text = " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
     assert "tells apart 10 classes" in page_text
+    assert "Study" in [block.get("props", {}).get("label") for block in demo.config["components"]]  # bundled study/
     loaded = load_model_folder(str(ROOT / "model"))
     examples = sorted((ROOT / "examples").glob("*.png"))
     assert sorted(path.stem for path in examples) == sorted(loaded.label_names)
@@ -192,3 +205,5 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
                    for path in examples}
     assert sum(true == predicted for true, predicted in predictions.items()) >= 8, predictions
     assert loaded.metrics["test"]["accuracy"] > 0.75 and len(loaded.misclassified) == 64
+    assert loaded.temperature != 1.0 and loaded.metrics["calibration"]["test_ece_after"] < loaded.metrics[
+        "calibration"]["test_ece_before"]

@@ -38,6 +38,11 @@ def test_page_classifies_an_upload_and_shows_the_gallery(app_url, sample_images,
         assert any(name in shown for name in CLASS_NAMES)
         page.screenshot(path=str(screenshots / "classify.png"), full_page=True)
 
+        page.get_by_label("Show where the model looks (Grad-CAM heatmap)").check()
+        page.wait_for_function("() => { const i = document.querySelector('#cam-image img');"
+                               " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+        page.screenshot(path=str(screenshots / "heatmap.png"), full_page=True)
+
         page.get_by_role("tab", name="Where it fails").click()
         gallery_images = page.locator("#mistakes-gallery img")
         gallery_images.first.wait_for(timeout=30_000)
@@ -45,9 +50,14 @@ def test_page_classifies_an_upload_and_shows_the_gallery(app_url, sample_images,
         # Every thumbnail really loaded (served from Gradio's cache), not just placeholders.
         page.wait_for_function("() => [...document.querySelectorAll('#mistakes-gallery img')]"
                                ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+        gallery_images.first.click()  # the selected mistake: heatmaps of its true and its predicted class
+        page.wait_for_function("() => { const cams = [...document.querySelectorAll('#mistake-cams img')];"
+                               " return cams.length >= 2 && cams.every(i => i.complete && i.naturalWidth > 0); }",
+                               timeout=60_000)
         page.screenshot(path=str(screenshots / "mistakes.png"), full_page=True)
         browser.close()
     assert (screenshots / "classify.png").stat().st_size > 10_000
+    assert (screenshots / "heatmap.png").stat().st_size > 10_000
 
 
 @pytest.fixture(scope="module")

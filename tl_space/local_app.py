@@ -22,11 +22,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(model_id: str, workdir: Path, timeout_s: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Yields (url, process) of the app serving model_id, as a user starts it; its output goes to workdir/app.log."""
+def running_app(model_id: str, workdir: Path, timeout_s: float = 120,
+                study_id: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Yields (url, process) of the app serving model_id (and study_id), as a user starts it; its output goes to
+    workdir/app.log."""
     port = free_port()
     env = {**os.environ, "MODEL_ID": model_id, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_ANALYTICS_ENABLED": "False"}
+    if study_id:
+        env["STUDY_ID"] = study_id
     log_path = Path(workdir) / "app.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, str(APP)], cwd=workdir, env=env, stdout=log,

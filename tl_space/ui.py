@@ -1,4 +1,4 @@
-"""The Gradio page: classify an image, browse the model's mistakes, read its training report."""
+"""The Gradio page: classify an image and see where the model looked, browse its mistakes, read its reports."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
+from tl_space.explain import heatmap_overlays
 from tl_space.hub import LoadedModel
 from tl_space.inference import ImageError, class_probabilities, open_image
 from tl_space.study_report import PLOTS, findings, load_study, summarize
@@ -28,17 +30,34 @@ def classify(loaded: LoadedModel, payload: str | dict | None) -> tuple[dict[str,
     Takes gr.Image's raw value (the event runs with preprocess=False), so that our decoding, not Gradio's,
     meets broken files and can say what is wrong with them.
     """
-    path = uploaded_path(payload)
-    if path is None:
-        raise gr.Error("Upload an image first.", print_exception=False)
-    try:
-        image = open_image(path)
-    except ImageError as error:
-        raise gr.Error(str(error), print_exception=False) from error
+    image = uploaded_image(payload)
     started = time.perf_counter()
     probabilities = class_probabilities(loaded, image)
     milliseconds = (time.perf_counter() - started) * 1000
     return probabilities, f"Predicted in {milliseconds:.0f} ms on {image.width}x{image.height} px."
+
+
+def uploaded_image(payload: str | dict | None) -> Image.Image:
+    """The decoded upload, or a gr.Error saying what is wrong with it."""
+    path = uploaded_path(payload)
+    if path is None:
+        raise gr.Error("Upload an image first.", print_exception=False)
+    try:
+        return open_image(path)
+    except ImageError as error:
+        raise gr.Error(str(error), print_exception=False) from error
+
+
+def explain(loaded: LoadedModel, payload: str | dict | None, class_name: str) -> Image.Image:
+    """The upload with the Grad-CAM heatmap of class_name over it."""
+    image = uploaded_image(payload)
+    if class_name not in loaded.label_names:
+        raise gr.Error(f"Pick one of the model's classes, not {class_name!r}.", print_exception=False)
+    return heatmap_overlays(loaded, image, [class_name])[0]
+
+
+def top_classes(probabilities: dict[str, float], count: int = 5) -> list[str]:
+    return sorted(probabilities, key=probabilities.get, reverse=True)[:count]
 
 
 def caption(record: dict) -> str:
@@ -140,8 +159,27 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
                 with gr.Column():
                     label = gr.Label(num_top_classes=5, label="Top 5")
                     timing = gr.Markdown()
+                    show_cam = gr.Checkbox(False, label="Show where the model looks (Grad-CAM heatmap)")
+                    cam_class = gr.Dropdown([], label="Heatmap for the class", visible=False, interactive=True)
+                    cam_image = gr.Image(label="Grad-CAM: red is where the evidence for this class lies", visible=False,
+                                         interactive=False, type="pil", elem_id="cam-image")
             predict = lambda path: classify(loaded, path)  # noqa: E731
-            submit.click(predict, inputs=image, outputs=[label, timing], api_name="classify", preprocess=False)
+
+            def refresh_cam(payload: str | dict | None, show: bool):
+                """With the toggle on: the top class's heatmap, and the top 5 to pick another from."""
+                if not show or uploaded_path(payload) is None:
+                    return gr.update(visible=False), gr.update(visible=False, value=None)
+                image_now = uploaded_image(payload)
+                top5 = top_classes(class_probabilities(loaded, image_now))
+                overlay = heatmap_overlays(loaded, image_now, top5[:1])[0]
+                return gr.update(choices=top5, value=top5[0], visible=True), gr.update(value=overlay, visible=True)
+
+            submit.click(predict, inputs=image, outputs=[label, timing], api_name="classify", preprocess=False).then(
+                refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], preprocess=False, api_name=False)
+            show_cam.change(refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], preprocess=False,
+                            api_name=False)
+            cam_class.input(lambda payload, name: explain(loaded, payload, name), inputs=[image, cam_class],
+                            outputs=cam_image, preprocess=False, api_name="explain")
             examples = example_images(examples_dir)
             if examples:
                 gr.Examples(examples=examples, inputs=image, outputs=[label, timing], fn=predict,
@@ -157,19 +195,25 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
                 gallery = gr.Gallery(gallery_items(loaded, loaded.misclassified), label="Misclassified test images",
                                      columns=8, height=480, object_fit="contain", allow_preview=True, scale=3,
                                      elem_id="mistakes-gallery")
-                selected = gr.Label(num_top_classes=5, label="Top 5 of the selected image", scale=1)
+                with gr.Column(scale=1):
+                    selected = gr.Label(num_top_classes=5, label="Top 5 of the selected image")
+                    mistake_cams = gr.Gallery(label="Grad-CAM: true class | predicted class", columns=2, height=260,
+                                              object_fit="contain", elem_id="mistake-cams")
 
             def refilter(true_label: str, predicted_label: str):
                 records = filter_mistakes(loaded, true_label, predicted_label)
-                return gallery_items(loaded, records), records, None
+                return gallery_items(loaded, records), records, None, None
 
             gr.on([true_filter.change, predicted_filter.change], refilter, inputs=[true_filter, predicted_filter],
-                  outputs=[gallery, shown, selected], api_name="filter_mistakes")
+                  outputs=[gallery, shown, selected, mistake_cams], api_name="filter_mistakes")
 
             def show_selected(records: list[dict], event: gr.SelectData):
-                return top5_of(records[event.index])
+                record = records[event.index]
+                classes = [record["true_label"], record["predicted_label"]]
+                overlays = heatmap_overlays(loaded, open_image(loaded.folder / record["file"]), classes)
+                return top5_of(record), [(overlays[0], f"true: {classes[0]}"), (overlays[1], f"predicted: {classes[1]}")]
 
-            gallery.select(show_selected, inputs=shown, outputs=selected, api_name=False)
+            gallery.select(show_selected, inputs=shown, outputs=[selected, mistake_cams], api_name=False)
         with gr.Tab("Training report"):
             gr.Markdown(report_markdown(loaded))
             metrics = loaded.metrics

@@ -93,11 +93,13 @@ def test_local_dir_reload_predicts_what_training_measured(trained, tiny_dataset)
     test = _test_images(tiny_dataset)
     with torch.inference_mode():
         logits = model(to_model_input(test.images, preprocessing))
-    metrics = json.loads((trained / "metrics.json").read_text())["test"]
+    recorded = json.loads((trained / "metrics.json").read_text())
+    metrics = recorded["test"]
     reloaded = classification_metrics(logits, test.labels, CLASS_NAMES)
     assert reloaded["confusion_matrix"] == metrics["confusion_matrix"]
     assert reloaded["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
-    probabilities = logits.softmax(dim=1)
+    # Mistakes carry the calibrated probabilities the app shows.
+    probabilities = (logits / recorded["calibration"]["temperature"]).softmax(dim=1)
     for record in json.loads((trained / "misclassified.json").read_text()):
         assert (trained / record["file"]).is_file()
         assert CLASS_NAMES[int(test.labels[record["index"]])] == record["true_label"]

@@ -1,19 +1,23 @@
-"""Study mode on tiny data: the table, the findings, the plots, resume, and the Study tab of the real app."""
+"""Study mode on tiny data: the table, the findings, the plots, resume, the Hub, and the Study tab of the real app."""
 
 import json
+import shutil
 import statistics
-from collections import Counter
 import urllib.request
+from collections import Counter
 
+import huggingface_hub
 import pytest
 from gradio_client import Client, handle_file
+from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 
 from conftest import CLASS_NAMES, colour_images, study_arguments
+from test_hub import FakeHub, _hub_cache_copy, logged_in  # noqa: F401  (logged_in: a fixture)
 from tl_space import checkpoint, hub, study, training
+from tl_space.local_app import running_app
 from tl_space.study_report import PLOTS
 from tl_space.ui import build_demo
-from tl_space.local_app import running_app
 
 STRATEGIES = ("linear-probe", "finetune")
 ROW_FIELDS = {"run", "strategy", "shots", "seed", "test_accuracy", "best_epoch", "wall_seconds", "training_seconds",
@@ -157,3 +161,30 @@ def test_the_app_serves_a_studys_best_run_with_its_study_tab(tiny_study, tmp_pat
         assert f"The Classify tab serves `{record['best_run']}`" in page
         label, _ = Client(url, verbose=False).predict(handle_file(str(image_path)), api_name="/classify")
         assert label["label"] in CLASS_NAMES and len(label["confidences"]) == 5
+
+
+def test_the_study_folder_pushes_as_one_repo_without_checkpoints(tiny_study, tmp_path, monkeypatch, logged_in):
+    folder = tmp_path / "study"
+    shutil.copytree(tiny_study, folder)
+    leftover = folder / "runs" / "finetune-all-seed42" / checkpoint.CHECKPOINT_DIR / "progress.json"
+    leftover.parent.mkdir()
+    leftover.write_text("{}")
+    fake = FakeHub().install(monkeypatch)
+    assert hub.main(["push", str(folder), "--hub-model-id", "me/colours-study"]) == 0
+    [upload] = fake.named("upload_folder")
+    files = [str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()]
+    uploaded = set(filter_repo_objects(files, ignore_patterns=upload["ignore_patterns"]))
+    assert {"study.json", "README.md", "accuracy_vs_shots.png", "runs/finetune-all-seed42/model.safetensors"} <= uploaded
+    assert str(leftover.relative_to(folder)) not in uploaded and len(uploaded) == len(files) - 1
+
+
+def test_a_study_repo_from_the_hub_cache_serves_its_best_run(tiny_study, tmp_path, monkeypatch):
+    cache = tmp_path / "hub-cache"
+    _hub_cache_copy(tiny_study, cache, "me/colours-study")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    loaded = hub.load_model_folder("me/colours-study")
+    best_run = read_study(tiny_study)["best_run"]
+    assert loaded.folder.is_relative_to(cache) and loaded.folder.as_posix().endswith(best_run)
+    assert loaded.study_folder == loaded.folder.parent.parent and loaded.label_names == CLASS_NAMES
+    assert loaded.metrics == json.loads((tiny_study / best_run / "metrics.json").read_text())

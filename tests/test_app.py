@@ -136,6 +136,13 @@ def test_heatmaps_come_back_within_a_request_and_differ_between_classes(client, 
         client.predict(handle_file(str(sample_images[0])), "purple", api_name="/explain")
 
 
+def test_feature_maps_show_this_model_beside_its_pretrained_backbone(client, sample_images, pretrained_file):
+    figure, note = client.predict(handle_file(str(sample_images[2])), api_name="/feature_maps")
+    with Image.open(figure) as grid:
+        assert grid.width > 1000 and grid.height > 200
+    assert "the pretrained backbone it started from" in note and pretrained_file.name in note
+
+
 def test_example_images_classify(client):
     examples = sorted((ROOT / "examples").glob("*.png"))
     assert len(examples) == 10

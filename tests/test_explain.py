@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps on a real trained timm model: their size, that classes differ, and the layer they come from."""
+"""Grad-CAM heatmaps and feature maps on real trained timm models: sizes, classes differ, frozen stays the same."""
 
 import timm
 import torch
@@ -6,8 +6,13 @@ from PIL import Image
 
 from conftest import CLASS_NAMES, colour_images
 from test_app import model_folder  # noqa: F401  (shared fixture: a tiny model trained by train.py)
-from tl_space.explain import DISPLAY_SIZE, cam_layer, class_activation_maps, heatmap_overlays
+from test_training import tiny_settings
+from tl_space.explain import (DISPLAY_SIZE, cam_layer, class_activation_maps, feature_map_figure, heatmap_overlays,
+                              pretrained_backbone, strongest_feature_maps)
 from tl_space.hub import load_model_folder
+from tl_space.inference import image_tensor
+from tl_space.training import run
+from tl_space.transforms import to_model_input
 
 
 def test_heatmaps_have_the_inputs_size_and_differ_between_classes(model_folder):  # noqa: F811
@@ -39,3 +44,30 @@ def test_the_layer_is_the_deepest_with_a_map_worth_showing():
     assert cam_layer(model, 96) == "blocks.4"  # 3x3 at the last stage: one earlier, 6x6
     assert cam_layer(timm.create_model("test_resnet"), 32) == "layer2"
     assert cam_layer(timm.create_model("test_resnet"), 8) == "act1"  # nothing is wide enough: the first stage
+
+
+def test_feature_maps_match_the_pretrained_backbone_exactly_when_it_stayed_frozen(model_folder, tiny_dataset,  # noqa: F811
+                                                                                   pretrained_file, tmp_path):
+    image = colour_images(1, 16, seed=8)[0][0]
+    probe = load_model_folder(str(model_folder))  # a linear probe: the backbone is the pretrained one
+    backbone, note = pretrained_backbone(probe)
+    assert backbone is not None and str(pretrained_file) in note
+    inputs = to_model_input(image_tensor(image, 32), probe.preprocessing)
+    for (label, ours, channels), (_, theirs, their_channels) in zip(strongest_feature_maps(probe.model, inputs),
+                                                                   strongest_feature_maps(backbone, inputs)):
+        assert torch.allclose(ours, theirs, atol=1e-5) and channels == their_channels, label
+    run(tiny_settings(tiny_dataset, tmp_path / "tuned", pretrained_file, strategy="finetune", epochs=3, lr=3e-3))
+    tuned = load_model_folder(str(tmp_path / "tuned"))
+    last_ours = strongest_feature_maps(tuned.model, inputs)[-1][1]
+    last_theirs = strongest_feature_maps(pretrained_backbone(tuned)[0], inputs)[-1][1]
+    assert last_ours.shape == last_theirs.shape and not torch.allclose(last_ours, last_theirs, atol=1e-3)
+    figure = feature_map_figure(image, {"this model": tuned.model, "pretrained": backbone}, tuned)
+    assert figure.width > figure.height > 200
+    labels = [label for label, _, _ in strongest_feature_maps(tuned.model, inputs)]
+    assert [label.split(":")[0] for label in labels] == ["early", "middle", "last"]
+
+
+def test_a_model_trained_from_scratch_has_no_backbone_to_compare(model_folder):  # noqa: F811
+    loaded = load_model_folder(str(model_folder))
+    loaded.metrics = {**loaded.metrics, "settings": {**loaded.metrics["settings"], "strategy": "scratch"}}
+    assert pretrained_backbone(loaded)[0] is None

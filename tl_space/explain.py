@@ -1,17 +1,23 @@
-"""Why did it say dog? Grad-CAM heatmaps (torchcam) over the image, for any class of a timm CNN."""
+"""Why did it say dog? Grad-CAM heatmaps (torchcam) for any class of a timm CNN, and what its stages respond to."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torchcam.methods import GradCAM
-from torchcam.utils import overlay_mask
+import matplotlib
 
-from tl_space.hub import LoadedModel
-from tl_space.inference import image_tensor
-from tl_space.transforms import to_model_input
+matplotlib.use("Agg")  # files only; no display on servers and Spaces
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchcam.methods import GradCAM  # noqa: E402
+from torchcam.utils import overlay_mask  # noqa: E402
+
+from tl_space.errors import UserError  # noqa: E402
+from tl_space.hub import LoadedModel  # noqa: E402
+from tl_space.inference import image_tensor  # noqa: E402
+from tl_space.model import create_model  # noqa: E402
+from tl_space.transforms import to_model_input  # noqa: E402
 
 DISPLAY_SIZE = 320
 # A heatmap from a 1x1 or 2x2 map says nothing about where: small inputs (CIFAR's 32 px) use an earlier stage.
@@ -51,3 +57,79 @@ def heatmap_overlays(loaded: LoadedModel, image: Image.Image, class_names: list[
         square = square.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST)
     # torchcam's overlay takes the map as a float ("F") image in [0, 1], as its docs show.
     return [overlay_mask(square, Image.fromarray(cam.numpy().astype(np.float32), mode="F"), alpha=0.55) for cam in maps]
+
+
+FEATURE_CHANNELS = 8
+
+
+def stage_picks(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(label, module name) of an early, a middle and the last feature stage (timm's feature_info)."""
+    stages = model.feature_info
+    picks = {"early": 0, "middle": len(stages) // 2, "last": len(stages) - 1}
+    return [(f"{label}: {stages[index]['module']}", stages[index]["module"]) for label, index in picks.items()]
+
+
+def strongest_feature_maps(model: torch.nn.Module, inputs: torch.Tensor,
+                           channels: int = FEATURE_CHANNELS) -> list[tuple[str, torch.Tensor, list[int]]]:
+    """Per picked stage: its label, the maps of its most active channels (k, h, w) and their channel numbers."""
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    picks = stage_picks(model)
+    handles = [modules[name].register_forward_hook(lambda _, __, output, name=name: outputs.__setitem__(name, output))
+               for _, name in picks]
+    try:
+        with torch.inference_mode():
+            model.eval()(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    results = []
+    for label, name in picks:
+        maps = outputs[name][0].float()
+        strongest = maps.mean(dim=(1, 2)).topk(min(channels, len(maps))).indices
+        results.append((label, maps[strongest], strongest.tolist()))
+    return results
+
+
+def pretrained_backbone(loaded: LoadedModel) -> tuple[torch.nn.Module | None, str]:
+    """The ImageNet model the folder's run started from, if the folder says which and its weights are reachable,
+    with a sentence saying which (or why not)."""
+    settings = loaded.metrics.get("settings", {})
+    if not settings or settings.get("strategy") == "scratch":
+        return None, "This model was trained from scratch (or its folder does not say from what): no pretrained backbone."
+    try:
+        model = create_model(settings["model"], len(loaded.label_names), pretrained=True,
+                             pretrained_file=settings.get("pretrained_file"))
+    except (UserError, OSError, RuntimeError, ValueError) as error:
+        return None, f"The pretrained backbone `{settings['model']}` could not be loaded here ({error})."
+    source = settings.get("pretrained_file") or settings["model"]
+    return model.eval(), f"Left: this model. Right: the pretrained backbone it started from (`{source}`)."
+
+
+def feature_map_figure(image: Image.Image, models: dict[str, torch.nn.Module], loaded: LoadedModel) -> Image.Image:
+    """A grid: one row per stage (early, middle, last), the strongest channels of each model side by side."""
+    inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
+    by_model = {title: strongest_feature_maps(model, inputs) for title, model in models.items()}
+    stages = len(next(iter(by_model.values())))
+    figure, grid = plt.subplots(stages, FEATURE_CHANNELS * len(models), squeeze=False,
+                                figsize=(1.3 * FEATURE_CHANNELS * len(models), 1.55 * stages + 0.4))
+    for column_offset, (title, stage_maps) in enumerate(by_model.items()):
+        for row, (label, maps, channels) in enumerate(stage_maps):
+            for position in range(FEATURE_CHANNELS):
+                axes = grid[row, column_offset * FEATURE_CHANNELS + position]
+                axes.set_xticks([])
+                axes.set_yticks([])
+                if position >= len(maps):
+                    axes.axis("off")
+                    continue
+                axes.imshow(maps[position].numpy(), cmap="viridis")
+                axes.set_title(f"ch {channels[position]}", fontsize=7)
+                if position == 0:
+                    axes.set_ylabel(label, fontsize=7)
+            grid[0, column_offset * FEATURE_CHANNELS].annotate(
+                title, (0, 1.45), xycoords="axes fraction", fontsize=10, fontweight="bold")
+    figure.tight_layout()
+    figure.canvas.draw()
+    rendered = Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba()).convert("RGB")
+    plt.close(figure)
+    return rendered

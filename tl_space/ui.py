@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from tl_space.explain import heatmap_overlays
+from tl_space.explain import feature_map_figure, heatmap_overlays, pretrained_backbone
 from tl_space.hub import LoadedModel
 from tl_space.inference import ImageError, class_probabilities, open_image
 from tl_space.study_report import PLOTS, findings, load_study, summarize
@@ -180,6 +181,21 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
                             api_name=False)
             cam_class.input(lambda payload, name: explain(loaded, payload, name), inputs=[image, cam_class],
                             outputs=cam_image, preprocess=False, api_name="explain")
+            with gr.Accordion("Feature maps: what the early, middle and last stages respond to", open=False):
+                maps_button = gr.Button("Show the feature maps of this image")
+                maps_note = gr.Markdown()
+                maps_image = gr.Image(label="Most active channels per stage", interactive=False, type="pil",
+                                      elem_id="feature-maps")
+            pretrained = functools.cache(lambda: pretrained_backbone(loaded))  # loaded on first use, then kept
+
+            def show_feature_maps(payload: str | dict | None):
+                image_now = uploaded_image(payload)
+                backbone, note = pretrained()
+                models = {"this model": loaded.model} | ({"pretrained backbone": backbone} if backbone else {})
+                return feature_map_figure(image_now, models, loaded), note
+
+            maps_button.click(show_feature_maps, inputs=image, outputs=[maps_image, maps_note], preprocess=False,
+                              api_name="feature_maps")
             examples = example_images(examples_dir)
             if examples:
                 gr.Examples(examples=examples, inputs=image, outputs=[label, timing], fn=predict,

@@ -78,6 +78,14 @@ def test_the_model_folder_records_calibration_and_the_app_uses_it(overconfident,
     expected = (logits / loaded.temperature).softmax(dim=0)
     assert list(class_probabilities(loaded, image).values()) == pytest.approx(expected.tolist(), abs=1e-6)
 
+    # Where the folder enables flip test-time augmentation, the app averages the logits with the mirror image's.
+    loaded.metrics = {**loaded.metrics, "flip_tta": {**metrics["flip_tta"], "enabled": True}}
+    with torch.inference_mode():
+        both = loaded.model(to_model_input(torch.cat([image_tensor(image, 32), image_tensor(image, 32).flip(-1)]),
+                                           loaded.preprocessing))
+    expected = (both.mean(dim=0) / loaded.temperature).softmax(dim=0)
+    assert list(class_probabilities(loaded, image).values()) == pytest.approx(expected.tolist(), abs=1e-6)
+
     # A folder written before calibration existed loads, with probabilities left as they were.
     del metrics["calibration"]
     old = tmp_path / "old"
@@ -85,5 +93,5 @@ def test_the_model_folder_records_calibration_and_the_app_uses_it(overconfident,
     for name in ("model.safetensors", "config.json"):
         (old / name).write_bytes((folder / name).read_bytes())
     (old / "metrics.json").write_text(json.dumps(metrics))
-    assert load_model_folder(str(old)).temperature == 1.0
+    assert load_model_folder(str(old)).temperature == 1.0 and not load_model_folder(str(old)).flip_tta
     assert isinstance(timm.create_model(f"local-dir:{old}", pretrained=True), torch.nn.Module)

@@ -98,6 +98,13 @@ def test_local_dir_reload_predicts_what_training_measured(trained, tiny_dataset)
     reloaded = classification_metrics(logits, test.labels, CLASS_NAMES)
     assert reloaded["confusion_matrix"] == metrics["confusion_matrix"]
     assert reloaded["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
+    with torch.inference_mode():
+        mirrored = model(to_model_input(test.images.flip(-1), preprocessing))
+    flip_tta = recorded["flip_tta"]
+    averaged_accuracy = float(((logits + mirrored) / 2).argmax(dim=1).eq(test.labels).double().mean())
+    assert flip_tta["test_accuracy"] == pytest.approx(averaged_accuracy, abs=1e-6)
+    assert flip_tta["gain"] == pytest.approx(averaged_accuracy - metrics["accuracy"], abs=1e-6)
+    assert flip_tta["enabled"] == (flip_tta["gain"] >= flip_tta["min_gain"])
     # Mistakes carry the calibrated probabilities the app shows.
     probabilities = (logits / recorded["calibration"]["temperature"]).softmax(dim=1)
     for record in json.loads((trained / "misclassified.json").read_text()):

@@ -34,7 +34,10 @@ Calibration: a temperature T = {{ "%.3f" | format(temperature) }}, fitted on the
 before the softmax. Expected calibration error on the test split ({{ bins }} bins): {{ "%.2f" | format(ece_before * 100) }}%
 before, {{ "%.2f" | format(ece_after * 100) }}% after; the predicted classes, and so the accuracy, do not change.
 The tl-space app shows calibrated probabilities.
-
+{% if flip_tta %}
+Flip test-time augmentation (averaging the logits of each image and its mirror image): test accuracy
+{{ "%.2f" | format(flip_tta.test_accuracy * 100) }}% ({{ "%+.2f" | format(flip_tta.gain * 100) }} points); {% if flip_tta.enabled %}the app uses it{% else %}the app leaves it off (it doubles the work for less than {{ "%.1f" | format(flip_tta.min_gain * 100) }} points){% endif %}.
+{% endif %}
 ![Reliability diagram](reliability.png)
 
 {% if most_confused %}Most confused pairs (true → predicted: test images):
@@ -127,6 +130,7 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         images_per_second=metrics["timing"]["train_images_per_second"],
         temperature=metrics["calibration"]["temperature"], bins=metrics["calibration"]["bins"],
         ece_before=metrics["calibration"]["test_ece_before"], ece_after=metrics["calibration"]["test_ece_after"],
+        flip_tta=metrics.get("flip_tta"),
     )
 
 

@@ -117,6 +117,11 @@ class LoadedModel:
         """Divides the logits for calibrated probabilities; 1 for folders written before calibration existed."""
         return float(self.metrics.get("calibration", {}).get("temperature", 1.0))
 
+    @property
+    def flip_tta(self) -> bool:
+        """Whether predictions average the image and its mirror image: only where training measured a gain."""
+        return bool(self.metrics.get("flip_tta", {}).get("enabled", False))
+
 
 # What the app needs of a study repo: not the weights of every run, only the served one's.
 STUDY_FILES = [STUDY_FILE, "README.md", "accuracy_vs_*.png"]

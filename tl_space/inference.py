@@ -77,7 +77,11 @@ def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def class_probabilities(loaded: LoadedModel, image: Image.Image) -> dict[str, float]:
-    """Calibrated probability of every class for one image, with the model's own resize, mean and std."""
+    """Calibrated probability of every class for one image, with the model's own resize, mean and std (averaged
+    with its mirror image's logits when the folder enables flip test-time augmentation)."""
     inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
-    probabilities = (loaded.model(inputs).float() / loaded.temperature).softmax(dim=1)[0]
+    if loaded.flip_tta:  # the folder measured a gain from averaging with the mirror image
+        inputs = torch.cat([inputs, inputs.flip(-1)])
+    logits = loaded.model(inputs).float().mean(dim=0, keepdim=True)
+    probabilities = (logits / loaded.temperature).softmax(dim=1)[0]
     return {name: float(p) for name, p in zip(loaded.label_names, probabilities)}

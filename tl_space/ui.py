@@ -97,6 +97,12 @@ def report_markdown(loaded: LoadedModel) -> str:
         lines.append(f"\n**Calibration**: probabilities are divided by a temperature of {calibration['temperature']:.3f} "
                      "fitted on the validation split; expected calibration error on the test split "
                      f"{calibration['test_ece_before']:.2%} before, {calibration['test_ece_after']:.2%} after.")
+    flip_tta = metrics.get("flip_tta")
+    if flip_tta:
+        lines.append(f"\n**Flip test-time augmentation** (averaging each image with its mirror image): test accuracy "
+                     f"{flip_tta['test_accuracy']:.2%}, {flip_tta['gain'] * 100:+.2f} points; "
+                     + ("on in this app." if flip_tta["enabled"] else
+                        f"off in this app (it doubles the work and gains less than {flip_tta['min_gain']:.1%})."))
     if test["most_confused"]:
         lines.append("\n**Most confused pairs** (true → predicted: test images): " + ", ".join(
             f"{pair['true']} → {pair['predicted']}: {pair['count']}" for pair in test["most_confused"][:5]))

@@ -55,12 +55,12 @@ def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset
                           feature_cache_dir=str(cache))
     run(first)
     stored = sorted(cache.glob("*.safetensors"))
-    assert len(stored) == 2  # the whole train split and the whole test split
+    assert len(stored) == 3  # the whole train split, the whole test split, and its mirror images (flip TTA)
     assert "from the cache" not in capsys.readouterr().out
 
     run(tiny_settings(tiny_dataset, tmp_path / "again", pretrained_file, strategy="linear-probe",
                       feature_cache_dir=str(cache)))
-    assert capsys.readouterr().out.count("from the cache") == 2
+    assert capsys.readouterr().out.count("from the cache") == 3
     one = json.loads((tmp_path / "first" / "metrics.json").read_text())["test"]
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())["test"]
     assert again["confusion_matrix"] == one["confusion_matrix"]
@@ -68,7 +68,7 @@ def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset
 
     run(tiny_settings(tiny_dataset, tmp_path / "few", pretrained_file, strategy="linear-probe", shots_per_class=5,
                       epochs=4, lr=0.01, feature_cache_dir=str(cache)))
-    assert capsys.readouterr().out.count("from the cache") == 2
+    assert capsys.readouterr().out.count("from the cache") == 3
     assert sorted(cache.glob("*.safetensors")) == stored
 
 
@@ -82,7 +82,7 @@ def test_changed_images_never_reuse_a_stale_cache(tiny_dataset, pretrained_file,
     run(tiny_settings(other, tmp_path / "b", pretrained_file, strategy="linear-probe", feature_cache_dir=str(cache)))
     out = capsys.readouterr().out
     assert out.count("from the cache") == 1  # the train split is the same images; the test split is not
-    assert len(list(cache.glob("*.safetensors"))) == 3
+    assert len(list(cache.glob("*.safetensors"))) == 5  # 3, then the new test split and its mirror images
 
 
 def test_cached_features_match_a_fresh_pass(tiny_dataset, pretrained_file, tmp_path):

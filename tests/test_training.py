@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import CLASS_NAMES, TINY_MODEL
 from tl_space import data, training
 from tl_space.evaluation import classification_metrics
+from tl_space.hub import load_model_folder
 from tl_space.settings import STRATEGIES, TrainSettings, parse_settings
 from tl_space.training import run
 from tl_space.transforms import preprocessing_for, to_model_input
@@ -123,8 +124,9 @@ def test_model_card_parses_back_with_the_test_accuracy(trained):
 
 def test_few_shot_run_trains_on_the_asked_counts(tiny_dataset, pretrained_file, tmp_path):
     folder = tmp_path / "few"
-    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", shots_per_class=5))
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", shots_per_class=5, flip_tta="off"))
     metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["flip_tta"] is None and not load_model_folder(str(folder)).flip_tta  # --flip-tta off: not measured
     assert metrics["data"]["train_images_per_class"] == {name: 5 for name in CLASS_NAMES}
     assert metrics["data"]["val_images"] == 30 and metrics["data"]["train_images"] == 5 * len(CLASS_NAMES)
 

@@ -120,7 +120,7 @@ class LoadedModel:
     @property
     def flip_tta(self) -> bool:
         """Whether predictions average the image and its mirror image: only where training measured a gain."""
-        return bool(self.metrics.get("flip_tta", {}).get("enabled", False))
+        return bool((self.metrics.get("flip_tta") or {}).get("enabled", False))
 
 
 # What the app needs of a study repo: not the weights of every run, only the served one's.

@@ -30,7 +30,7 @@ MISCLASSIFIED_FILE = "misclassified.json"
 MISCLASSIFIED_DIR = "misclassified"
 # Settings that say where or how a run reports, not what it computes.
 NON_RUN_SETTINGS = ("output_dir", "overwrite", "resume", "report_to", "feature_cache_dir", "eval_batch_size", "compile",
-                    "push_to_hub", "hub_model_id", "private")
+                    "flip_tta", "push_to_hub", "hub_model_id", "private")
 
 
 def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:

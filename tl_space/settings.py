@@ -12,6 +12,7 @@ from tl_space.errors import UserError
 STRATEGIES = ("scratch", "linear-probe", "partial", "finetune", "lp-ft")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 COMPILE_CHOICES = ("auto", "yes", "no")
+FLIP_TTA_CHOICES = ("auto", "off")
 # Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
@@ -65,6 +66,9 @@ class TrainSettings:
                                       "0: each image once per epoch")
     max_train_samples: int | None = option(None, "quick runs: use at most this many training images (stratified)")
     max_eval_samples: int | None = option(None, "quick runs: use at most this many validation and test images each")
+    flip_tta: str = option("auto", "after training, measure flip test-time augmentation on the test split (reported "
+                                   "separately) and let the app use it where it gained at least half a point; "
+                                   "off: skip it (saves a pass over the test split)", choices=FLIP_TTA_CHOICES)
     max_misclassified: int = option(64, "most confident test mistakes saved to misclassified/")
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
@@ -128,6 +132,8 @@ def check_settings(settings: TrainSettings) -> None:
         raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if settings.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise UserError(f"--mixed-precision {settings.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
+    if settings.flip_tta not in FLIP_TTA_CHOICES:
+        raise UserError(f"--flip-tta {settings.flip_tta!r} is not one of {', '.join(FLIP_TTA_CHOICES)}")
     if settings.compile not in COMPILE_CHOICES:
         raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",

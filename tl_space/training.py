@@ -472,7 +472,8 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     test_logits = logits["test"]
     test = classification_metrics(test_logits, splits.test.labels, splits.class_names)
     calibration = calibration_report(logits["val"], splits.val.labels, test_logits, splits.test.labels)
-    flip_tta = flip_tta_report(accelerator, model, splits.test, test_logits, preprocessing, settings, features_of)
+    flip_tta = None if settings.flip_tta == "off" else flip_tta_report(accelerator, model, splits.test, test_logits,
+                                                                       preprocessing, settings, features_of)
     test["best_epoch"] = best["epoch"]
     trained_images = len(splits.train) * len(history)
     training_seconds = sum(entry["seconds"] for entry in history)
@@ -503,9 +504,9 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     accelerator.log({"test_accuracy": test["accuracy"], "test_loss": test["loss"]}, step=len(history))
     if accelerator.is_main_process:
         write_model_folder(output_dir, model, splits.class_names, preprocessing, metrics, mistakes, splits.test.images)
-        tqdm.write(f"test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}), {flip_tta['test_accuracy']:.4f} "
-                   f"with flip test-time augmentation ({'on' if flip_tta['enabled'] else 'off'} in the app); "
-                   "expected calibration error "
+        with_tta = "" if flip_tta is None else (f", {flip_tta['test_accuracy']:.4f} with flip test-time augmentation "
+                                                f"({'on' if flip_tta['enabled'] else 'off'} in the app)")
+        tqdm.write(f"test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}){with_tta}; expected calibration error "
                    f"{calibration['test_ece_before']:.4f}, {calibration['test_ece_after']:.4f} at temperature "
                    f"{calibration['temperature']:.3f}; model folder: {output_dir}")
         if settings.push_to_hub:

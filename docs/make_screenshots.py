@@ -15,16 +15,10 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tl_space.local_app import running_app  # noqa: E402
+from tl_space.local_app import running_app, wait_for_images  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-quic"]
-
-
-def wait_for_images(page, selector: str, count: int = 1) -> None:
-    page.wait_for_function(f"() => {{ const images = [...document.querySelectorAll('{selector}')];"
-                           f" return images.length >= {count} && images.every(i => i.complete && i.naturalWidth > 0); }}",
-                           timeout=60_000)
 
 
 def main() -> None:

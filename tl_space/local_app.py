@@ -62,3 +62,11 @@ def resident_memory_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def wait_for_images(page, selector: str, count: int = 1, timeout_ms: int = 60_000) -> None:
+    """Wait until a Playwright page shows at least count images matching selector, every one of them loaded
+    (not a placeholder)."""
+    page.wait_for_function(f"() => {{ const images = [...document.querySelectorAll({selector!r})];"
+                           f" return images.length >= {count} && images.every(i => i.complete && i.naturalWidth > 0); }}",
+                           timeout=timeout_ms)

@@ -338,6 +338,17 @@ def feature_inputs(split_features: torch.Tensor) -> InputsFn:
     return lambda indices, training: split_features[indices.to(split_features.device)]
 
 
+def final_logits(accelerator: Accelerator, model: nn.Module, split: data_module.LabelledImages,
+                 preprocessing: Preprocessing, settings: TrainSettings, description: str) -> torch.Tensor:
+    """The trained model's logits for a split (unaugmented); a linear probe's from the split's features through the
+    head: the same numbers as the whole model in eval mode, without another backbone pass."""
+    if settings.strategy == "linear-probe":
+        return predict(accelerator, model.get_classifier(), feature_inputs(split.features), len(split), FEATURE_BATCH_SIZE)
+    inputs = image_inputs(split.images.to(accelerator.device), preprocessing, generator=None)
+    return predict(accelerator, model, inputs, len(split), eval_batch_size(accelerator, settings),
+                   description=description)
+
+
 def flip_tta_report(accelerator: Accelerator, model: nn.Module, test: data_module.LabelledImages,
                     test_logits: torch.Tensor, preprocessing: Preprocessing, settings: TrainSettings,
                     features_of: Callable[[data_module.LabelledImages], torch.Tensor] | None) -> dict:
@@ -346,12 +357,8 @@ def flip_tta_report(accelerator: Accelerator, model: nn.Module, test: data_modul
     started = time.perf_counter()
     mirrored = data_module.LabelledImages(test.images.flip(-1), test.labels)
     if settings.strategy == "linear-probe":  # the frozen backbone's features of the mirror images (cached too)
-        mirrored_logits = predict(accelerator, model.get_classifier(), feature_inputs(features_of(mirrored)),
-                                  len(mirrored), FEATURE_BATCH_SIZE)
-    else:
-        mirrored_logits = predict(accelerator, model, image_inputs(mirrored.images.to(accelerator.device), preprocessing,
-                                                                   None), len(mirrored),
-                                  eval_batch_size(accelerator, settings), description="test, mirrored")
+        mirrored.features = features_of(mirrored)
+    mirrored_logits = final_logits(accelerator, model, mirrored, preprocessing, settings, "test, mirrored")
     averaged = (test_logits + mirrored_logits) / 2
     plain_accuracy = float((test_logits.argmax(dim=1) == test.labels).double().mean())
     accuracy = float((averaged.argmax(dim=1) == test.labels).double().mean())
@@ -460,18 +467,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     history, best = run_state.history, run_state.best
 
     model.load_state_dict(best["state"])
-    logits = {}
-    for name in ("val", "test"):
-        split = getattr(splits, name)
-        if settings.strategy == "linear-probe":  # same numbers as the whole model in eval mode, without another pass
-            logits[name] = predict(accelerator, model.get_classifier(), feature_inputs(split.features), len(split),
-                                   FEATURE_BATCH_SIZE)
-        else:
-            logits[name] = predict(accelerator, model, image_inputs_by_split[name], len(split),
-                                   eval_batch_size(accelerator, settings), description=name)
-    test_logits = logits["test"]
+    val_logits = final_logits(accelerator, model, splits.val, preprocessing, settings, "val")
+    test_logits = final_logits(accelerator, model, splits.test, preprocessing, settings, "test")
     test = classification_metrics(test_logits, splits.test.labels, splits.class_names)
-    calibration = calibration_report(logits["val"], splits.val.labels, test_logits, splits.test.labels)
+    calibration = calibration_report(val_logits, splits.val.labels, test_logits, splits.test.labels)
     flip_tta = None if settings.flip_tta == "off" else flip_tta_report(accelerator, model, splits.test, test_logits,
                                                                        preprocessing, settings, features_of)
     test["best_epoch"] = best["epoch"]

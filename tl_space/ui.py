@@ -112,8 +112,8 @@ def report_markdown(loaded: LoadedModel) -> str:
     return "\n".join(lines)
 
 
-def study_markdown(study: dict, served_run: str) -> str:
-    """The study's question, budget and findings, each finding a sentence computed from the table."""
+def study_markdown(study: dict, summary: list[dict], served_run: str) -> str:
+    """The study's question, budget and findings, each finding a sentence computed from the table (summary)."""
     training, settings = study["training"], study["study"]
     budget = (f"{training['epochs']} epochs" if settings["budget"] == "epochs"
               else f"{settings['minutes']:g} minutes of training")
@@ -121,16 +121,16 @@ def study_markdown(study: dict, served_run: str) -> str:
              f"{len(study['rows'])} of {study['planned_runs']} runs finished, each with the same budget ({budget}), "
              f"the same validation and test images, at {training['image_size'] or 'the pretrained'} px. "
              f"The Classify tab serves `{served_run}`.", "", "**Findings**", ""]
-    lines += [f"- {sentence}" for sentence in findings(summarize(study["rows"]))]
+    lines += [f"- {sentence}" for sentence in findings(summary)]
     if study.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(study["skipped"]) + "."]
     return "\n".join(lines)
 
 
-def study_table(study: dict) -> list[list]:
+def study_table(summary: list[dict]) -> list[list]:
     return [[entry["strategy"], entry["shots"], round(entry["images_per_class"]), entry["runs"],
              round(entry["mean_test_accuracy"] * 100, 2), round(entry["std_test_accuracy"] * 100, 2),
-             round(entry["mean_wall_seconds"]), entry["trainable_parameters"]] for entry in summarize(study["rows"])]
+             round(entry["mean_wall_seconds"]), entry["trainable_parameters"]] for entry in summary]
 
 
 STUDY_HEADERS = ["strategy", "shots per class", "images per class", "runs", "test accuracy (%)", "spread (± %)",
@@ -252,9 +252,10 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
         if study and study["rows"]:
             served = loaded.folder.relative_to(loaded.study_folder) if loaded.folder.is_relative_to(
                 loaded.study_folder) else model_name
+            summary = summarize(study["rows"])  # from the rows, so the tab matches them whatever wrote study.json
             with gr.Tab("Study"):
-                gr.Markdown(study_markdown(study, str(served)))
-                gr.Dataframe(study_table(study), headers=STUDY_HEADERS, label="Every strategy at every shot size",
+                gr.Markdown(study_markdown(study, summary, str(served)))
+                gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size",
                              interactive=False)
                 for file, title in PLOTS.items():
                     if (loaded.study_folder / file).is_file():

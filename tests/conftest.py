@@ -66,7 +66,7 @@ def study_arguments(dataset: Path, weights: Path, output_dir: Path, *extra: str)
     """A small study: two strategies, a repeated few-shot size and all images, test_resnet at 32 px."""
     return ["--strategies", "linear-probe,finetune", "--shots-per-class", "2,all", "--seeds", "2", "--repeat-up-to", "2",
             "--dataset", str(dataset), "--model", TINY_MODEL, "--pretrained-file", str(weights), "--epochs", "2",
-            "--image-size", "32", "--val-size", "30", "--batch-size", "32", "--feature-cache-dir", "none",
+            "--image-size", "32", "--val-size", "30", "--batch-size", "32", "--cache-dir", "none",
             "--mixed-precision", "no", "--min-epoch-images", "48", "--output-dir", str(output_dir), *extra]
 
 

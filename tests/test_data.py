@@ -1,5 +1,7 @@
 """tl_space.data on real `datasets` objects built by the tests."""
 
+import os
+
 import datasets
 import numpy as np
 import pytest
@@ -54,6 +56,72 @@ def test_decode_keeps_native_size_and_fits_mixed_sizes():
     assert decoded.images[1].unique().tolist() == [128]  # grey converted to RGB
     same_size = data.decode_images(split.select([0]), "img", "label", size=12)
     assert same_size.images.shape == (1, 3, 10, 20)
+
+
+def _colour_split(colours: list[tuple[int, int, int]], labels: list[int], size=(6, 6)) -> datasets.Dataset:
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=THREE_CLASSES)})
+    return datasets.Dataset.from_dict({"img": [Image.new("RGB", size, colour) for colour in colours], "label": labels},
+                                      features=features)
+
+
+def test_decoded_images_are_read_back_from_the_cache_without_decoding(tmp_path, monkeypatch):
+    split = _colour_split([(255, 0, 0), (0, 255, 0), (0, 0, 255)], [0, 1, 2])
+    cache = tmp_path / "images"
+    first = data.decode_images(split, "img", "label", size=8, cache_dir=cache)
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+    def no_decoding(record):
+        raise AssertionError("decoded again: the cache missed")
+    monkeypatch.setattr(data, "_decode_image", no_decoding)
+    again = data.decode_images(split, "img", "label", size=8, cache_dir=cache)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert again.images[2, :, 0, 0].tolist() == [0, 0, 255]
+
+
+def test_decoded_image_cache_misses_on_every_part_of_its_key(tmp_path):
+    split = _colour_split([(255, 0, 0), (0, 255, 0), (0, 0, 255)], [0, 1, 2])
+    base = data.stored_images_key(split, "img", "label")
+    assert data.stored_images_key(split, "img", "label") == base
+    keys = {
+        data.stored_images_key(_colour_split([(255, 0, 0), (0, 255, 0), (0, 0, 254)], [0, 1, 2]), "img", "label"),
+        data.stored_images_key(_colour_split([(255, 0, 0), (0, 255, 0), (0, 0, 255)], [0, 1, 1]), "img", "label"),
+        data.stored_images_key(split.select([0, 1]), "img", "label"),
+        data.stored_images_key(split.select([1, 0, 2]), "img", "label"),
+    }
+    assert base not in keys and len(keys) == 4
+
+    # A changed image is decoded again: the cache never hands back the old pixels.
+    cache = tmp_path / "images"
+    data.decode_images(split, "img", "label", size=8, cache_dir=cache)
+    changed = data.decode_images(_colour_split([(255, 0, 0), (0, 255, 0), (9, 9, 9)], [0, 1, 2]), "img", "label",
+                                 size=8, cache_dir=cache)
+    assert changed.images[2, :, 0, 0].tolist() == [9, 9, 9]
+    assert len(list(cache.glob("*.safetensors"))) == 2
+
+
+def test_only_fitted_images_are_cached_per_size(tmp_path):
+    cache = tmp_path / "images"
+    same_size = _colour_split([(255, 0, 0), (0, 255, 0)], [0, 1])
+    assert data.decode_images(same_size, "img", "label", 8, cache_dir=cache).images.shape == (2, 3, 6, 6)
+    assert data.decode_images(same_size, "img", "label", 12, cache_dir=cache).images.shape == (2, 3, 6, 6)
+    assert len(list(cache.glob("*.safetensors"))) == 1  # the size never mattered: one entry serves both
+    mixed = datasets.concatenate_datasets([same_size, _colour_split([(0, 0, 255)], [2], size=(9, 5))])
+    assert data.decode_images(mixed, "img", "label", 8, cache_dir=cache).images.shape == (3, 3, 8, 8)
+    assert data.decode_images(mixed, "img", "label", 12, cache_dir=cache).images.shape == (3, 3, 12, 12)
+    assert data.decode_images(mixed, "img", "label", 8, cache_dir=cache).images.shape == (3, 3, 8, 8)
+    assert len(list(cache.glob("*.safetensors"))) == 3
+
+
+def test_images_kept_as_files_miss_the_cache_once_the_file_changes(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(path)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=THREE_CLASSES)})
+    split = datasets.Dataset.from_dict({"img": [str(path)], "label": [0]}, features=features)
+    cache = tmp_path / "images"
+    assert data.decode_images(split, "img", "label", 8, cache_dir=cache).images[0, :, 0, 0].tolist() == [10, 20, 30]
+    Image.new("RGB", (4, 4), (40, 50, 60)).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))  # a coarse clock still moves on
+    assert data.decode_images(split, "img", "label", 8, cache_dir=cache).images[0, :, 0, 0].tolist() == [40, 50, 60]
 
 
 def _labels(per_class: list[int]) -> torch.Tensor:

@@ -52,14 +52,14 @@ def test_every_part_of_the_key_matters_but_the_head_does_not():
 def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset, pretrained_file, tmp_path, capsys):
     cache = tmp_path / "cache"
     first = tiny_settings(tiny_dataset, tmp_path / "first", pretrained_file, strategy="linear-probe",
-                          feature_cache_dir=str(cache))
+                          cache_dir=str(cache))
     run(first)
-    stored = sorted(cache.glob("*.safetensors"))
+    stored = sorted((cache / "features").glob("*.safetensors"))
     assert len(stored) == 3  # the whole train split, the whole test split, and its mirror images (flip TTA)
     assert "from the cache" not in capsys.readouterr().out
 
     run(tiny_settings(tiny_dataset, tmp_path / "again", pretrained_file, strategy="linear-probe",
-                      feature_cache_dir=str(cache)))
+                      cache_dir=str(cache)))
     assert capsys.readouterr().out.count("from the cache") == 3
     one = json.loads((tmp_path / "first" / "metrics.json").read_text())["test"]
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())["test"]
@@ -67,30 +67,30 @@ def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset
     assert again["loss"] == pytest.approx(one["loss"], rel=1e-5)
 
     run(tiny_settings(tiny_dataset, tmp_path / "few", pretrained_file, strategy="linear-probe", shots_per_class=5,
-                      epochs=4, lr=0.01, feature_cache_dir=str(cache)))
+                      epochs=4, lr=0.01, cache_dir=str(cache)))
     assert capsys.readouterr().out.count("from the cache") == 3
-    assert sorted(cache.glob("*.safetensors")) == stored
+    assert sorted((cache / "features").glob("*.safetensors")) == stored
 
 
 def test_changed_images_never_reuse_a_stale_cache(tiny_dataset, pretrained_file, tmp_path, capsys):
     cache = tmp_path / "cache"
     run(tiny_settings(tiny_dataset, tmp_path / "a", pretrained_file, strategy="linear-probe",
-                      feature_cache_dir=str(cache)))
+                      cache_dir=str(cache)))
     capsys.readouterr()
     # Same train images (same generator seed and count), other test images.
     other = make_dataset_folder(tmp_path / "other-data", train_per_class=40, test_per_class=13, size=16)
-    run(tiny_settings(other, tmp_path / "b", pretrained_file, strategy="linear-probe", feature_cache_dir=str(cache)))
+    run(tiny_settings(other, tmp_path / "b", pretrained_file, strategy="linear-probe", cache_dir=str(cache)))
     out = capsys.readouterr().out
     assert out.count("from the cache") == 1  # the train split is the same images; the test split is not
-    assert len(list(cache.glob("*.safetensors"))) == 5  # 3, then the new test split and its mirror images
+    assert len(list((cache / "features").glob("*.safetensors"))) == 5  # 3, then the new test split and its mirror images
 
 
 def test_cached_features_match_a_fresh_pass(tiny_dataset, pretrained_file, tmp_path):
     cache = tmp_path / "cache"
     run(tiny_settings(tiny_dataset, tmp_path / "cached", pretrained_file, strategy="linear-probe",
-                      feature_cache_dir=str(cache)))
+                      cache_dir=str(cache)))
     run(tiny_settings(tiny_dataset, tmp_path / "cached-again", pretrained_file, strategy="linear-probe",
-                      feature_cache_dir=str(cache)))
+                      cache_dir=str(cache)))
     run(tiny_settings(tiny_dataset, tmp_path / "fresh", pretrained_file, strategy="linear-probe"))
     cached = json.loads((tmp_path / "cached-again" / "metrics.json").read_text())
     fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())

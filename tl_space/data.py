@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import datasets
 import numpy as np
+import PIL
 import torch
 from PIL import Image, ImageOps
+from tqdm.auto import tqdm
 
+from tl_space import disk_cache
 from tl_space.errors import UserError
 from tl_space.settings import TrainSettings
 
@@ -115,14 +121,51 @@ def _fit(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
 
 
+def stored_images_key(split: datasets.Dataset, image_column: str, label_column: str) -> str:
+    """A hash of what a split stores: each image's encoded bytes (or, for an image kept as a file, its path, size and
+    modification time), its labels, and the decoder's version."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps({"rows": len(split), "pillow": PIL.__version__, "version": 1}).encode())
+    raw = split.cast_column(image_column, datasets.Image(decode=False)).with_format("arrow")
+    for batch in raw.iter(batch_size=DECODE_BATCH_ROWS * 8):
+        for record in batch.column(image_column).to_pylist():
+            if record.get("bytes"):
+                digest.update(len(record["bytes"]).to_bytes(8, "little"))
+                digest.update(record["bytes"])
+            else:
+                stat = os.stat(record["path"])
+                digest.update(json.dumps([record["path"], stat.st_size, stat.st_mtime_ns]).encode())
+        digest.update(np.asarray(batch.column(label_column).to_numpy(zero_copy_only=False), dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def decode_images(split: datasets.Dataset, image_column: str, label_column: str, size: int,
-                  progress: bool = False) -> LabelledImages:
-    """Decode a split once into uint8 tensors.
+                  progress: bool = False, cache_dir: Path | None = None) -> LabelledImages:
+    """Decode a split once into uint8 tensors; with cache_dir, read them from there when the same stored images were
+    decoded before (and store them when not).
 
     Images that all share one size keep it (CIFAR stays 32x32 and is resized later, on the device,
     batch by batch); once a second size shows up, every image is fitted to size x size, since one
-    tensor needs one shape.
+    tensor needs one shape. Only fitted images depend on size, so only their cache entry names it.
     """
+    if cache_dir is None:
+        return _decode_split(split, image_column, label_column, size, progress)[0]
+    stored = stored_images_key(split, image_column, label_column)
+    native_key, fitted_key = f"{stored}-native", f"{stored}-fitted-{size}"
+    for key in (native_key, fitted_key):
+        tensors = disk_cache.load(cache_dir, key)
+        if tensors is not None:
+            if progress:
+                tqdm.write(f"read {len(tensors['labels'])} decoded images from {cache_dir}")
+            return LabelledImages(tensors["images"], tensors["labels"])
+    decoded, fitted = _decode_split(split, image_column, label_column, size, progress)
+    disk_cache.store(cache_dir, fitted_key if fitted else native_key, {"images": decoded.images, "labels": decoded.labels})
+    return decoded
+
+
+def _decode_split(split: datasets.Dataset, image_column: str, label_column: str, size: int,
+                  progress: bool) -> tuple[LabelledImages, bool]:
+    """The decoded split, and whether its images had to be fitted to size x size."""
     raw = split.cast_column(image_column, datasets.Image(decode=False))
     arrays: list[np.ndarray] = []
     fitting = False
@@ -142,13 +185,12 @@ def decode_images(split: datasets.Dataset, image_column: str, label_column: str,
         raise UserError(f"a split of the dataset has no images in column {image_column!r}")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(split[label_column], dtype=torch.int64)
-    return LabelledImages(images, labels)
+    return LabelledImages(images, labels), fitting
 
 
 def _progress(iterable, enabled: bool, description: str):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
     return tqdm(iterable, desc=description)
 
 
@@ -261,8 +303,9 @@ def decode_splits(dataset_dict: datasets.DatasetDict, image_column: str, label_c
     if decoded is not None and key in decoded:
         train, test = (LabelledImages(split.images, split.labels) for split in decoded[key])
     else:
-        train = decode_images(dataset_dict[settings.train_split], image_column, label_column, image_size, progress)
-        test = decode_images(dataset_dict[settings.test_split], image_column, label_column, image_size, progress)
+        cache_dir = disk_cache.cache_folder(settings.cache_dir, "images")
+        train, test = (decode_images(dataset_dict[split_name], image_column, label_column, image_size, progress, cache_dir)
+                       for split_name in (settings.train_split, settings.test_split))
         for split_name, split in ((settings.train_split, train), (settings.test_split, test)):
             if split.labels.min() < 0 or split.labels.max() >= len(class_names):
                 raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled "

@@ -29,7 +29,7 @@ METRICS_FILE = "metrics.json"
 MISCLASSIFIED_FILE = "misclassified.json"
 MISCLASSIFIED_DIR = "misclassified"
 # Settings that say where or how a run reports, not what it computes.
-NON_RUN_SETTINGS = ("output_dir", "overwrite", "resume", "report_to", "feature_cache_dir", "eval_batch_size", "compile",
+NON_RUN_SETTINGS = ("output_dir", "overwrite", "resume", "report_to", "cache_dir", "eval_batch_size", "compile",
                     "flip_tta", "push_to_hub", "hub_model_id", "private")
 
 

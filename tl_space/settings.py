@@ -73,8 +73,9 @@ class TrainSettings:
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
     report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
-    feature_cache_dir: str = option("~/.cache/tl-space/features",
-                                     "where linear-probe and lp-ft keep the frozen backbone's features for reruns; none: off")
+    cache_dir: str = option("~/.cache/tl-space", "where reruns find what earlier runs computed: the decoded images "
+                                                  "(images/) and, for linear-probe and lp-ft, the frozen backbone's "
+                                                  "features (features/); none: off")
     output_dir: str = option("runs/cifar10", "where the model folder is written")
     overwrite: bool = option(False, "replace an --output-dir that holds a different run")
     resume: bool = option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from tl_space import checkpoint
 from tl_space.calibration import calibration_report
 from tl_space import data as data_module
+from tl_space import disk_cache
 from tl_space import features as feature_cache
 from tl_space import hub
 from tl_space import model as model_module
@@ -307,7 +308,7 @@ def backbone_features(accelerator: Accelerator, model: nn.Module, preprocessing:
     fingerprint = feature_cache.backbone_fingerprint(model)
     # The timm name, not just the class: tf_efficientnet_lite0 and efficientnet_lite0 share weights' shapes, not padding.
     architecture = model.pretrained_cfg.get("architecture", type(model).__name__)
-    cache_dir = None if settings.feature_cache_dir.lower() == "none" else Path(settings.feature_cache_dir).expanduser()
+    cache_dir = disk_cache.cache_folder(settings.cache_dir, "features")
 
     def features_of(split: data_module.LabelledImages) -> torch.Tensor:
         key = feature_cache.cache_key(fingerprint, architecture, preprocessing, str(accelerator.mixed_precision),
@@ -326,7 +327,9 @@ def backbone_features(accelerator: Accelerator, model: nn.Module, preprocessing:
                                "computing features without it (--compile no skips trying)")
             return predict(accelerator, feature_extractor(model, batch_size, False), inputs, len(split), batch_size,
                            description=description)
-        features, hit = feature_cache.cached_features(cache_dir, key, compute, write=accelerator.is_main_process)
+        stored, hit = disk_cache.cached_tensors(cache_dir, key, lambda: {"features": compute()},
+                                                write=accelerator.is_main_process)
+        features = stored["features"]
         accelerator.wait_for_everyone()  # the file is whole before any process looks for the next one
         if hit and accelerator.is_main_process:
             tqdm.write(f"features of {len(split)} images from the cache ({cache_dir})")
@@ -441,6 +444,7 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
         progress=accelerator.is_local_main_process,
         features_of=features_of,
         decoded=decoded)
+    data_seconds = time.perf_counter() - started  # loading, decoding (or the image cache) and features (or theirs)
     # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
     generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
     image_inputs_by_split = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)
@@ -467,12 +471,14 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     history, best = run_state.history, run_state.best
 
     model.load_state_dict(best["state"])
+    evaluation_started = time.perf_counter()
     val_logits = final_logits(accelerator, model, splits.val, preprocessing, settings, "val")
     test_logits = final_logits(accelerator, model, splits.test, preprocessing, settings, "test")
     test = classification_metrics(test_logits, splits.test.labels, splits.class_names)
     calibration = calibration_report(val_logits, splits.val.labels, test_logits, splits.test.labels)
     flip_tta = None if settings.flip_tta == "off" else flip_tta_report(accelerator, model, splits.test, test_logits,
                                                                        preprocessing, settings, features_of)
+    evaluation_seconds = time.perf_counter() - evaluation_started
     test["best_epoch"] = best["epoch"]
     trained_images = len(splits.train) * len(history)
     training_seconds = sum(entry["seconds"] for entry in history)
@@ -491,7 +497,8 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
                  "class_names": splits.class_names, "image_column": image_column, "label_column": label_column},
         "trainable_parameters": sum(p.numel() for p in trainable),
         "total_parameters": sum(p.numel() for p in model.parameters()),
-        "timing": {"total_seconds": time.perf_counter() - started, "training_seconds": training_seconds,
+        "timing": {"total_seconds": time.perf_counter() - started, "data_seconds": data_seconds,
+                   "training_seconds": training_seconds, "evaluation_seconds": evaluation_seconds,
                    "train_images_per_second": trained_images / max(training_seconds, 1e-9)},
         "hardware": {"device": str(accelerator.device), "processes": accelerator.num_processes,
                      "mixed_precision": accelerator.mixed_precision,

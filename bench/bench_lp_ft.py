@@ -35,6 +35,15 @@ def run_lp_ft(args: argparse.Namespace, output: Path) -> float:
     return time.perf_counter() - started
 
 
+def training_minutes(history: list[dict]) -> list[float]:
+    """Minutes of training (validation included) when each epoch ended."""
+    elapsed, minutes = 0.0, []
+    for entry in history:
+        elapsed += entry["seconds"]
+        minutes.append(elapsed / 60)
+    return minutes
+
+
 def plot_curve(metrics: dict, target: float, path: Path) -> None:
     """Validation accuracy against training minutes, one colour per stage, with the target as a line."""
     import matplotlib
@@ -42,10 +51,9 @@ def plot_curve(metrics: dict, target: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    elapsed, points = 0.0, {}
-    for entry in metrics["history"]:
-        elapsed += entry["seconds"]
-        points.setdefault(entry["stage"], []).append((elapsed / 60, 100 * entry["val_accuracy"]))
+    points = {}
+    for entry, minutes in zip(metrics["history"], training_minutes(metrics["history"])):
+        points.setdefault(entry["stage"], []).append((minutes, 100 * entry["val_accuracy"]))
     for stage, stage_points in points.items():
         axes.plot(*zip(*stage_points), marker="o", label=stage)
     axes.axhline(100 * target, color="grey", linestyle="--", label=f"target {target:.0%}")
@@ -69,19 +77,18 @@ def print_curve(metrics: dict, target: float, wall: float | None) -> None:
           f"budget {settings['max_train_minutes']} min; {metrics['hardware']['device']}\n")
     print("| epoch | stage | training minutes | val accuracy | over the probe | train images/s |")
     print("|---|---|---|---|---|---|")
-    elapsed, reached = 0.0, None
-    for entry in history:
-        elapsed += entry["seconds"]
+    reached = None
+    for entry, minutes in zip(history, training_minutes(history)):
         if reached is None and entry["val_accuracy"] >= target:
-            reached = elapsed
-        print(f"| {entry['epoch']} | {entry['stage']} | {elapsed / 60:.1f} | {entry['val_accuracy']:.2%} | "
+            reached = minutes
+        print(f"| {entry['epoch']} | {entry['stage']} | {minutes:.1f} | {entry['val_accuracy']:.2%} | "
               f"{100 * (entry['val_accuracy'] - probe_best):+.1f} points | {entry['train_images_per_second']:.0f} |")
     tta = metrics.get("flip_tta") or {}
     print(f"\ntest accuracy {metrics['test']['accuracy']:.2%} (best epoch {metrics['test']['best_epoch']})"
           + (f", {tta['test_accuracy']:.2%} with flip TTA" if tta else "")
           + f"; run {timing['total_seconds'] / 60:.1f} min" + ("" if wall is None else f", command {wall / 60:.1f} min wall")
           + (f" (decoding and features {timing['data_seconds'] / 60:.1f} min)" if "data_seconds" in timing else "")
-          + f"; validation accuracy {target:.0%} " + (f"after {reached / 60:.1f} training min" if reached else "not reached"))
+          + f"; validation accuracy {target:.0%} " + (f"after {reached:.1f} training min" if reached else "not reached"))
 
 
 def main() -> None:

@@ -444,7 +444,8 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
         progress=accelerator.is_local_main_process,
         features_of=features_of,
         decoded=decoded)
-    data_seconds = time.perf_counter() - started  # loading, decoding (or the image cache) and features (or theirs)
+    # Opening the dataset, creating the model, decoding (or the image cache) and features (or the feature cache).
+    data_seconds = time.perf_counter() - started
     # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
     generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
     image_inputs_by_split = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)

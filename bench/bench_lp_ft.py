@@ -24,9 +24,8 @@ SHARED = ROOT.parent / "shared"
 
 
 def run_lp_ft(args: argparse.Namespace, output: Path) -> float:
-    command = [sys.executable, str(ROOT / "train.py"), "--dataset", str(SHARED / "data" / "cifar10"),
-               "--model", "tf_efficientnet_lite0",
-               "--pretrained-file", str(SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"),
+    command = [sys.executable, str(ROOT / "train.py"), "--dataset", args.dataset, "--model", "tf_efficientnet_lite0",
+               "--pretrained-file", args.pretrained_file,
                "--strategy", "lp-ft", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                "--epochs", str(args.epochs), "--max-train-minutes", str(args.minutes),
                "--output-dir", str(output), "--overwrite"]
@@ -93,6 +92,8 @@ def print_curve(metrics: dict, target: float, wall: float | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=str(SHARED / "data" / "cifar10"))
+    parser.add_argument("--pretrained-file", default=str(SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"))
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--minutes", type=float, default=52, help="--max-train-minutes of the run")
     parser.add_argument("--epochs", type=int, default=6, help="the most fine-tuning epochs the budget may run")

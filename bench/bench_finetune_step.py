@@ -154,8 +154,8 @@ def step_profile(model, optimizer, batches, steps: int, device: torch.device) ->
     return shares, wall / steps, busy
 
 
-def print_bounds(base, decoded, config, images_per_second: dict[int, float], batch_size: int,
-                 device: torch.device) -> None:
+def print_bounds(base, images: torch.Tensor, labels: torch.Tensor, config, images_per_second: dict[int, float],
+                 batch_size: int, device: torch.device) -> None:
     """The second table: achieved FLOP/s (at the first table's images/s) against the matmul ceiling, and where the
     step's time goes (shares of a few profiled steps, whose wall time the profiler stretches alike)."""
     ceiling = matmul_flops_per_second(device)
@@ -167,11 +167,10 @@ def print_bounds(base, decoded, config, images_per_second: dict[int, float], bat
     for size, rate in images_per_second.items():
         model = copy.deepcopy(base).to(device, memory_format=torch.channels_last).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        batches = our_batches(decoded.images.to(device), decoded.labels.to(device), preprocessing_for(config, size),
-                              batch_size, seed=0)
-        inputs, labels = next(batches)
-        training_step(model, optimizer, inputs, labels)  # warm-up
-        flops = step_flops(model, inputs)
+        batches = our_batches(images, labels, preprocessing_for(config, size), batch_size, seed=0)
+        batch_inputs, batch_labels = next(batches)
+        training_step(model, optimizer, batch_inputs, batch_labels)  # warm-up
+        flops = step_flops(model, batch_inputs)
         shares, step_seconds, busy = step_profile(model, optimizer, batches, 20 if device.type == "cuda" else 4, device)
         achieved = flops / batch_size * rate
         share = {kind: 100 * shares.get(f"conv backward, {kind}", 0.0) / step_seconds
@@ -208,6 +207,7 @@ def main() -> None:
     # Each timed repeat takes one pass of a shuffled loader: enough images for the longest, plus its warm-up batch.
     split = dataset_dict["train"].select(range(min(len(dataset_dict["train"]), max(4096, max(counts) + args.batch_size))))
     decoded = data.decode_images(split, image_column, label_column, 32)
+    images, labels = decoded.images.to(device), decoded.labels.to(device)  # where train.py keeps them
     base = timm.create_model("tf_efficientnet_lite0", pretrained=True, num_classes=10, pretrained_cfg_overlay={
         "file": str(Path(args.pretrained_file).resolve())})
     config = timm.data.resolve_model_data_config(base)
@@ -235,7 +235,7 @@ def main() -> None:
             compiled_optimizer = torch.optim.AdamW(compiled_model.parameters(), lr=1e-4)
             compiled_forward = torch.compile(compiled_model)
             timed_steps(compiled_forward, compiled_optimizer, our_batches(  # compiles
-                decoded.images.to(device), decoded.labels.to(device), preprocessing, args.batch_size, 0), 1, device)
+                images, labels, preprocessing, args.batch_size, 0), 1, device)
         for repeat in range(args.repeats):
             pil_model = copy.deepcopy(base).to(device)
             pil_optimizer = torch.optim.AdamW(pil_model.parameters(), lr=1e-4)
@@ -243,11 +243,11 @@ def main() -> None:
             our_model = copy.deepcopy(base).to(device, memory_format=torch.channels_last)
             our_optimizer = torch.optim.AdamW(our_model.parameters(), lr=1e-4)
             results["ours"].append(timed_steps(our_model, our_optimizer, our_batches(
-                decoded.images.to(device), decoded.labels.to(device), preprocessing, args.batch_size, repeat),
+                images, labels, preprocessing, args.batch_size, repeat),
                 steps, device))
             if args.compile:
                 results["compiled"].append(timed_steps(compiled_forward, compiled_optimizer, our_batches(
-                    decoded.images.to(device), decoded.labels.to(device), preprocessing, args.batch_size, repeat),
+                    images, labels, preprocessing, args.batch_size, repeat),
                     steps, device))
         row = {}
         for name, runs in results.items():
@@ -258,7 +258,7 @@ def main() -> None:
               f"{row['ours'][0] / row['pil'][0]:.2f}x |"
               + (f" {row['compiled'][0]:.1f} | {row['compiled'][0] / row['ours'][0]:.2f}x |" if args.compile else ""),
               flush=True)
-    print_bounds(base, decoded, config, our_rates, args.batch_size, device)
+    print_bounds(base, images, labels, config, our_rates, args.batch_size, device)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,14 +24,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
 
+def from_root(path: str | Path) -> str:
+    """path relative to the checkout, where the run starts: the model folder then records `../shared/...`, as the
+    README's command does, not this machine's absolute paths."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
+
+
 def run_lp_ft(args: argparse.Namespace, output: Path) -> float:
-    command = [sys.executable, str(ROOT / "train.py"), "--dataset", args.dataset, "--model", "tf_efficientnet_lite0",
-               "--pretrained-file", args.pretrained_file,
+    command = [sys.executable, "train.py", "--dataset", from_root(args.dataset), "--model", "tf_efficientnet_lite0",
+               "--pretrained-file", from_root(args.pretrained_file),
                "--strategy", "lp-ft", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                "--epochs", str(args.epochs), "--max-train-minutes", str(args.minutes),
-               "--output-dir", str(output), "--overwrite"]
+               "--output-dir", str(output.resolve()), "--overwrite"]
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, cwd=ROOT)
     return time.perf_counter() - started
 
 

@@ -66,9 +66,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def step_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on a GPU (what train.py's --mixed-precision auto does there), fp32 on a CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def training_step(model, optimizer, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-    """One AdamW step, in bf16 autocast on a GPU (what train.py's --mixed-precision auto does there)."""
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=inputs.device.type == "cuda"):
+    """One AdamW step, under step_autocast."""
+    with step_autocast(inputs.device):
         loss = F.cross_entropy(model(inputs).float(), labels)
     loss.backward()
     optimizer.step()
@@ -112,9 +117,8 @@ def step_flops(model, inputs: torch.Tensor) -> int:
     """Floating-point operations of one training step: 3x the counted forward pass (the backward computes the
     input's and the weights' gradients, each about a forward). Counted, not timed. FlopCounterMode's own count of
     convolution_backward ignores groups, which makes depthwise convolutions' backward look C times dearer."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=inputs.device.type == "cuda"):
-            model(inputs)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), step_autocast(inputs.device):
+        model(inputs)
     return 3 * counter.get_total_flops()
 
 

@@ -53,6 +53,20 @@ def test_frozen_batchnorm_keeps_its_statistics(resnet):
     assert resnet.fc.training and not resnet.layer1.training
 
 
+
+def test_fine_tuning_can_keep_the_pretrained_batchnorm_statistics(resnet):
+    model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, "finetune"))
+    batch = torch.randn(4, 3, 32, 32) * 5 + 3
+    model_module.train_mode(resnet, keep_batchnorm_statistics=True)
+    before = resnet.bn1.running_mean.clone()
+    resnet(batch).sum().backward()
+    assert torch.equal(before, resnet.bn1.running_mean)
+    assert resnet.bn1.weight.grad is not None and resnet.bn1.weight.grad.abs().sum() > 0  # scale and shift train
+    assert resnet.training and resnet.fc.training and not resnet.bn1.training
+    model_module.train_mode(resnet)  # PyTorch's train mode: batch statistics, running ones updated
+    resnet(batch)
+    assert not torch.allclose(before, resnet.bn1.running_mean)
+
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(UserError, match=r"--model 'resnet_nope' is not a timm model name.*similar names: resnet"):
         model_module.check_model_name("resnet_nope")
@@ -76,3 +90,18 @@ def test_pooled_features_feed_the_classifier(resnet):
     inputs = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(resnet.fc(model_module.pooled_features(resnet, inputs)), resnet(inputs), atol=1e-5)
+
+
+def test_a_new_head_on_pretrained_weights_starts_at_zero(pretrained_file, tmp_path):
+    from timm.models import save_for_hf
+    model = model_module.create_model("test_resnet", 3, pretrained=True, pretrained_file=str(pretrained_file))
+    assert not model.fc.weight.any() and not model.fc.bias.any()
+    with torch.no_grad():
+        probabilities = model.eval()(torch.randn(2, 3, 32, 32)).softmax(dim=1)
+    assert torch.allclose(probabilities, torch.full_like(probabilities, 1 / 3))
+    # From scratch, timm's initialisation stays; a model folder with as many classes keeps the head it learned.
+    assert model_module.create_model("test_resnet", 3, pretrained=False).fc.weight.abs().sum() > 0
+    trained = timm.create_model("test_resnet", num_classes=3)
+    save_for_hf(trained, tmp_path / "trained", safe_serialization=True)
+    reloaded = model_module.create_model(f"local-dir:{tmp_path / 'trained'}", 3, pretrained=True)
+    assert torch.equal(reloaded.fc.weight, trained.fc.weight)

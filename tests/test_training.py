@@ -83,6 +83,24 @@ def test_trainable_parameters_follow_the_strategy(trained):
         assert metrics["trainable_parameters"] == expected[strategy]
 
 
+
+def test_batchnorm_statistics_stay_pretrained_unless_trained_from_scratch(trained, pretrained_file):
+    from safetensors.torch import load_file
+    strategy = json.loads((trained / "metrics.json").read_text())["settings"]["strategy"]
+    saved, pretrained = load_file(str(trained / "model.safetensors")), load_file(str(pretrained_file))
+    statistics = [key for key in pretrained if key.endswith(("running_mean", "running_var"))]
+    assert statistics
+    kept = [torch.equal(saved[key], pretrained[key]) for key in statistics]
+    assert not any(kept) if strategy == "scratch" else all(kept)
+
+
+def test_batchnorm_option_resolves_by_strategy():
+    from tl_space.settings import keeps_batchnorm_statistics
+    assert not keeps_batchnorm_statistics(parse_settings(["--strategy", "scratch"]))
+    assert all(keeps_batchnorm_statistics(parse_settings(["--strategy", name])) for name in STRATEGIES if name != "scratch")
+    assert not keeps_batchnorm_statistics(parse_settings(["--strategy", "finetune", "--batchnorm", "batch"]))
+    assert keeps_batchnorm_statistics(parse_settings(["--strategy", "scratch", "--batchnorm", "pretrained"]))
+
 def _test_images(dataset: Path) -> data.LabelledImages:
     dataset_dict, image_column, label_column, _ = data.open_dataset(str(dataset))
     return data.decode_images(dataset_dict["test"], image_column, label_column, size=32)

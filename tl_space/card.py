@@ -53,6 +53,7 @@ Flip test-time augmentation (averaging the logits of each image and its mirror i
 | epochs | {{ epochs_run }} |
 | image size | {{ image_size }} px ({{ interpolation }} resize, mean {{ mean }}, std {{ std }}) |
 | training images | {{ train_images }} (validation: {{ val_images }}) |
+| BatchNorm while training | {{ batchnorm }} |
 | trainable parameters | {{ "{:,}".format(trainable_parameters) }} of {{ "{:,}".format(total_parameters) }} |
 | batch size, lr, weight decay | {{ batch_size }}, {{ lr }}, {{ weight_decay }} |
 | hardware | {{ hardware }} |
@@ -77,6 +78,10 @@ print(model.pretrained_cfg["label_names"][probabilities.argmax()])
 To see it with a top-5 bar, example images, its mistakes and this report, serve it with tl-space's Gradio app:
 `MODEL_ID={{ app_model_id }} python app.py`.
 """
+
+
+BATCHNORM_WORDS = {"pretrained": "the backbone's pretrained statistics, kept fixed",
+                   "batch": "batch statistics, running ones updated"}
 
 
 def is_hub_id(name: str) -> bool:
@@ -122,6 +127,8 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         image_size=preprocessing["image_size"], interpolation=preprocessing["interpolation"],
         mean=preprocessing["mean"], std=preprocessing["std"],
         train_images=metrics["data"]["train_images"], val_images=metrics["data"]["val_images"],
+        # Folders written before --batchnorm existed trained in PyTorch's train mode.
+        batchnorm=BATCHNORM_WORDS[metrics.get("batchnorm", "batch")],
         trainable_parameters=metrics["trainable_parameters"], total_parameters=metrics["total_parameters"],
         batch_size=settings["batch_size"], lr=", ".join(sorted({str(entry["lr"]) for entry in metrics["history"]})),
         weight_decay=settings["weight_decay"],

@@ -13,6 +13,7 @@ STRATEGIES = ("scratch", "linear-probe", "partial", "finetune", "lp-ft")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 COMPILE_CHOICES = ("auto", "yes", "no")
 FLIP_TTA_CHOICES = ("auto", "off")
+BATCHNORM_CHOICES = ("auto", "pretrained", "batch")
 # Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
@@ -21,6 +22,13 @@ COMPILE_MIN_IMAGES = 10_000
 # Head-only training tolerates (and needs) a larger step than updating a pretrained backbone.
 HEAD_LR = 1e-3
 BACKBONE_LR = {"scratch": 1e-3, "partial": 3e-4, "finetune": 1e-4, "lp-ft": 1e-4}
+
+
+def keeps_batchnorm_statistics(settings: "TrainSettings") -> bool:
+    """Whether BatchNorm layers normalise with their pretrained running statistics while training (--batchnorm)."""
+    if settings.batchnorm == "auto":
+        return settings.strategy != "scratch"  # a random network's statistics mean nothing
+    return settings.batchnorm == "pretrained"
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -48,6 +56,11 @@ class TrainSettings:
     compile: str = option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
                            f"for at least {COMPILE_MIN_IMAGES} images, where it pays for its start-up",
                            choices=COMPILE_CHOICES)
+    batchnorm: str = option("auto", "BatchNorm while training: pretrained: normalise with the backbone's ImageNet "
+                             "statistics, kept fixed (scale and shift still train), so the features a probe head "
+                             "learned stay put when fine-tuning starts; batch: by each batch's statistics, updating "
+                             "the running ones (PyTorch's train mode); auto: batch for scratch, else pretrained",
+                             choices=BATCHNORM_CHOICES)
     lr: float | None = option(None, f"peak learning rate of AdamW; if unset, {HEAD_LR} for linear-probe (and the lp-ft probe stage), "
                                + ", ".join(f"{lr} for {name}" for name, lr in BACKBONE_LR.items()))
     weight_decay: float = option(0.05, "AdamW weight decay")

@@ -28,7 +28,7 @@ from tl_space.errors import UserError
 from tl_space.evaluation import classification_metrics, misclassified_records
 from tl_space.report import check_output_dir, write_model_folder
 from tl_space.settings import (BACKBONE_LR, COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, HEAD_LR, TrainSettings,
-                               check_settings)
+                               check_settings, keeps_batchnorm_statistics)
 from tl_space.transforms import Preprocessing, preprocessing_for, random_crop_flip, to_model_input
 
 # Maps a batch of split indices to what the trained module takes (augmented images, or cached features).
@@ -236,7 +236,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             return
     for epoch in range(first_epoch + done, last_epoch + 1):
         loader.set_epoch(epoch)
-        model_module.train_mode(module)
+        model_module.train_mode(module, keeps_batchnorm_statistics(settings))
         started = budget.epoch_started = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
@@ -496,6 +496,7 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
                  "train_images_per_class": dict(zip(splits.class_names, torch.bincount(
                      splits.train.labels, minlength=len(splits.class_names)).tolist())),
                  "class_names": splits.class_names, "image_column": image_column, "label_column": label_column},
+        "batchnorm": "pretrained" if keeps_batchnorm_statistics(settings) else "batch",
         "trainable_parameters": sum(p.numel() for p in trainable),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "timing": {"total_seconds": time.perf_counter() - started, "data_seconds": data_seconds,

@@ -35,7 +35,7 @@ def run_lp_ft(args: argparse.Namespace, output: Path) -> float:
                "--pretrained-file", from_root(args.pretrained_file),
                "--strategy", "lp-ft", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                "--epochs", str(args.epochs), "--max-train-minutes", str(args.minutes),
-               "--output-dir", str(output.resolve()), "--overwrite"]
+               "--output-dir", from_root(output), "--overwrite"]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
     return time.perf_counter() - started
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--pretrained-file", default=str(SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"))
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--minutes", type=float, default=52, help="--max-train-minutes of the run")
-    parser.add_argument("--epochs", type=int, default=6, help="the most fine-tuning epochs the budget may run")
+    parser.add_argument("--epochs", type=int, default=10, help="the most fine-tuning epochs the budget may run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", type=float, default=0.92, help="report when validation accuracy first reaches this")
     parser.add_argument("--workdir", type=Path, help="where the run goes (kept); a new temporary folder if unset")

@@ -96,10 +96,11 @@ def test_batchnorm_statistics_stay_pretrained_unless_trained_from_scratch(traine
 
 def test_batchnorm_option_resolves_by_strategy():
     from tl_space.settings import keeps_batchnorm_statistics
-    assert not keeps_batchnorm_statistics(parse_settings(["--strategy", "scratch"]))
-    assert all(keeps_batchnorm_statistics(parse_settings(["--strategy", name])) for name in STRATEGIES if name != "scratch")
-    assert not keeps_batchnorm_statistics(parse_settings(["--strategy", "finetune", "--batchnorm", "batch"]))
-    assert keeps_batchnorm_statistics(parse_settings(["--strategy", "scratch", "--batchnorm", "pretrained"]))
+    assert not keeps_batchnorm_statistics("auto", "scratch")
+    assert all(keeps_batchnorm_statistics("auto", name) for name in STRATEGIES if name != "scratch")
+    assert not keeps_batchnorm_statistics(parse_settings(["--batchnorm", "batch"]).batchnorm, "finetune")
+    assert keeps_batchnorm_statistics("pretrained", "scratch")
+    assert keeps_batchnorm_statistics("batch", "linear-probe")  # a frozen backbone
 
 def _test_images(dataset: Path) -> data.LabelledImages:
     dataset_dict, image_column, label_column, _ = data.open_dataset(str(dataset))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from tl_space.settings import keeps_batchnorm_statistics
+
 CARD_TEMPLATE = """---
 {{ card_data }}
 ---
@@ -80,8 +82,8 @@ To see it with a top-5 bar, example images, its mistakes and this report, serve 
 """
 
 
-BATCHNORM_WORDS = {"pretrained": "the backbone's pretrained statistics, kept fixed",
-                   "batch": "batch statistics, running ones updated"}
+BATCHNORM_WORDS = {True: "the backbone's pretrained statistics, kept fixed",
+                   False: "batch statistics, running ones updated"}
 
 
 def is_hub_id(name: str) -> bool:
@@ -128,7 +130,7 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         mean=preprocessing["mean"], std=preprocessing["std"],
         train_images=metrics["data"]["train_images"], val_images=metrics["data"]["val_images"],
         # Folders written before --batchnorm existed trained in PyTorch's train mode.
-        batchnorm=BATCHNORM_WORDS[metrics.get("batchnorm", "batch")],
+        batchnorm=BATCHNORM_WORDS[keeps_batchnorm_statistics(settings.get("batchnorm", "batch"), settings["strategy"])],
         trainable_parameters=metrics["trainable_parameters"], total_parameters=metrics["total_parameters"],
         batch_size=settings["batch_size"], lr=", ".join(sorted({str(entry["lr"]) for entry in metrics["history"]})),
         weight_decay=settings["weight_decay"],

@@ -24,11 +24,13 @@ HEAD_LR = 1e-3
 BACKBONE_LR = {"scratch": 1e-3, "partial": 3e-4, "finetune": 1e-4, "lp-ft": 1e-4}
 
 
-def keeps_batchnorm_statistics(settings: "TrainSettings") -> bool:
+def keeps_batchnorm_statistics(batchnorm: str, strategy: str) -> bool:
     """Whether BatchNorm layers normalise with their pretrained running statistics while training (--batchnorm)."""
-    if settings.batchnorm == "auto":
-        return settings.strategy != "scratch"  # a random network's statistics mean nothing
-    return settings.batchnorm == "pretrained"
+    if strategy == "linear-probe":
+        return True  # a frozen backbone keeps them whatever --batchnorm says
+    if batchnorm == "auto":
+        return strategy != "scratch"  # a random network's statistics mean nothing
+    return batchnorm == "pretrained"
 
 
 def option(default, help: str, **argparse_kwargs):

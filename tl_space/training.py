@@ -236,7 +236,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             return
     for epoch in range(first_epoch + done, last_epoch + 1):
         loader.set_epoch(epoch)
-        model_module.train_mode(module, keeps_batchnorm_statistics(settings))
+        model_module.train_mode(module, keeps_batchnorm_statistics(settings.batchnorm, settings.strategy))
         started = budget.epoch_started = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
@@ -496,7 +496,6 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
                  "train_images_per_class": dict(zip(splits.class_names, torch.bincount(
                      splits.train.labels, minlength=len(splits.class_names)).tolist())),
                  "class_names": splits.class_names, "image_column": image_column, "label_column": label_column},
-        "batchnorm": "pretrained" if keeps_batchnorm_statistics(settings) else "batch",
         "trainable_parameters": sum(p.numel() for p in trainable),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "timing": {"total_seconds": time.perf_counter() - started, "data_seconds": data_seconds,

@@ -53,7 +53,6 @@ def test_frozen_batchnorm_keeps_its_statistics(resnet):
     assert resnet.fc.training and not resnet.layer1.training
 
 
-
 def test_fine_tuning_can_keep_the_pretrained_batchnorm_statistics(resnet):
     model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, "finetune"))
     batch = torch.randn(4, 3, 32, 32) * 5 + 3
@@ -66,6 +65,7 @@ def test_fine_tuning_can_keep_the_pretrained_batchnorm_statistics(resnet):
     model_module.train_mode(resnet)  # PyTorch's train mode: batch statistics, running ones updated
     resnet(batch)
     assert not torch.allclose(before, resnet.bn1.running_mean)
+
 
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(UserError, match=r"--model 'resnet_nope' is not a timm model name.*similar names: resnet"):

@@ -83,7 +83,6 @@ def test_trainable_parameters_follow_the_strategy(trained):
         assert metrics["trainable_parameters"] == expected[strategy]
 
 
-
 def test_batchnorm_statistics_stay_pretrained_unless_trained_from_scratch(trained, pretrained_file):
     from safetensors.torch import load_file
     strategy = json.loads((trained / "metrics.json").read_text())["settings"]["strategy"]
@@ -101,6 +100,7 @@ def test_batchnorm_option_resolves_by_strategy():
     assert not keeps_batchnorm_statistics(parse_settings(["--batchnorm", "batch"]).batchnorm, "finetune")
     assert keeps_batchnorm_statistics("pretrained", "scratch")
     assert keeps_batchnorm_statistics("batch", "linear-probe")  # a frozen backbone
+
 
 def _test_images(dataset: Path) -> data.LabelledImages:
     dataset_dict, image_column, label_column, _ = data.open_dataset(str(dataset))

@@ -1,5 +1,7 @@
 """The Gradio Space: `python app.py` (or `gradio app.py`); MODEL_ID picks the model, a Hub id or a local folder
-(a study's serves its best run and adds a Study tab); STUDY_ID adds a study to any model."""
+(a study's serves its best run and adds a Study tab); STUDY_ID adds a study to any model; PRETRAINED_FILE, a local
+copy of the backbone's ImageNet weights, stands in for the Hub in the feature maps' comparison; QUEUE_MAX_SIZE bounds
+the requests waiting (64)."""
 
 import logging
 import os
@@ -9,10 +11,11 @@ import gradio as gr
 import torch
 from PIL import Image
 
+from tl_space import markdown
 from tl_space.errors import UserError
 from tl_space.hub import load_model_folder
 from tl_space.inference import MAX_IMAGE_PIXELS
-from tl_space.ui import build_demo, build_error_page
+from tl_space.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "model"
@@ -29,19 +32,26 @@ def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.
         model_id = str(DEFAULT_MODEL)
         study_id = study_id or (str(DEFAULT_STUDY) if (DEFAULT_STUDY / "study.json").is_file() else None)
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Gradio decodes uploads with PIL too: same bound there
+    log = logging.getLogger("tl_space.app")
     try:
         loaded = load_model_folder(model_id, study_id)
-    except UserError as error:
-        logging.getLogger("tl_space.app").error("%s Set MODEL_ID (and STUDY_ID) to a Hub id or a folder.", error)
-        return build_error_page(f"{error}\n\nSet `MODEL_ID` to a Hub model id (`USER/REPO`) or to the path of a "
-                                "folder written by `train.py` or `tl_space.study` (and `STUDY_ID`, if set, to a "
-                                "study's), then restart the app.")
-    return build_demo(loaded, examples_dir=ROOT / "examples")
+        return build_demo(loaded, examples_dir=ROOT / "examples", pretrained_file=os.environ.get("PRETRAINED_FILE"),
+                          queue_max_size=int(os.environ.get("QUEUE_MAX_SIZE", QUEUE_MAX_SIZE)))
+    except UserError as error:  # its message names the model by its public name, never a server path
+        log.error("%s Set MODEL_ID (and STUDY_ID) to a Hub id or a folder.", error)
+        reason = str(error)
+    except Exception:  # a folder no check foresaw: the traceback goes to the log, not to visitors
+        log.exception("the model folder could not be served")
+        reason = "The model folder could not be read (the server's log says why)."
+    return build_error_page(f"{markdown.text(reason)}\n\nSet `MODEL_ID` to a Hub model id (`USER/REPO`) or to the "
+                            "path of a folder written by `train.py` or `tl_space.study` (and `STUDY_ID`, if set, to a "
+                            "study's), then restart the app.")
 
 
 demo = create_demo()
 
 if __name__ == "__main__":
     torch.set_num_threads(os.cpu_count() or 1)
-    # One prediction at a time uses every core; the others wait in Gradio's queue (unbounded: none is dropped).
-    demo.queue(default_concurrency_limit=1).launch(max_file_size=MAX_UPLOAD, show_error=True)
+    # One prediction at a time uses every core; the others wait in Gradio's queue (bounded: see build_demo).
+    # show_error stays off: visitors see our gr.Error sentences, never another exception's text.
+    demo.launch(max_file_size=MAX_UPLOAD, show_error=False)

@@ -1,11 +1,13 @@
-"""App under load: many concurrent gradio_client visitors on loopback; answered, failed, latency and the app's memory.
+"""App under load: many concurrent gradio_client visitors calling every endpoint on loopback; each answer is checked
+against the same call made alone; latency per endpoint and the app's memory.
 
-    python bench/bench_app_load.py [--model model] [--clients 16] [--requests 50] [--time-limit 900]
+    python bench/bench_app_load.py [--model model] [--clients 16] [--requests 20] [--time-limit 900]
 
-First one client alone sends --requests requests (the baseline, same run), then --clients clients send --requests
-each at once, every client with its own gradio_client connection and a mix of the example images (a 32x32 PNG up
-to a 1024x768 JPEG). The app's resident memory is read from /proc after the warm-up (the baseline requests), after
-the first half of the load and at the end: flat after warm-up means no leak per request.
+First one client alone makes every distinct call once (the baseline, same run): /classify and /explain on a mix of
+images (a 32x32 PNG up to a 1024x768 JPEG and the examples), /feature_maps on a few, /filter_mistakes per class.
+Then --clients clients, each with its own connection, make --requests calls each at once, cycling through the same
+calls from different offsets; an answer that differs from the baseline's (probabilities by 1e-5, image pixels by 2
+levels) counts as wrong. The app's resident memory is read from /proc after the baseline, half-way and at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,49 +26,76 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_app import make_inputs, percentile  # noqa: E402
-from tl_space.local_app import resident_memory_mb, running_app  # noqa: E402
+from tl_space.hub import load_model_folder  # noqa: E402
+from tl_space.local_app import answer_values, resident_memory_mb, running_app, same_answer  # noqa: E402
+
+SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 
 
-def visitor(url: str, images: list[Path], requests: int, offset: int, deadline: float,
-            on_request=lambda: None) -> tuple[list[float], list[str]]:
-    """One visitor's latencies (ms) of answered requests, and the errors of the others."""
-    from gradio_client import Client, handle_file
+def planned_calls(images: list[Path], class_names: list[str]) -> list[tuple[str, tuple]]:
+    calls = [("/classify", (image,)) for image in images]
+    calls += [("/explain", (image, class_names[index % len(class_names)])) for index, image in enumerate(images)]
+    calls += [("/feature_maps", (image,)) for image in images[:3]]
+    calls += [("/filter_mistakes", (name, "all classes")) for name in class_names[:4]]
+    return calls
+
+
+def call(client, endpoint: str, arguments: tuple):
+    from gradio_client import handle_file
+
+    sent = [handle_file(str(value)) if isinstance(value, Path) else value for value in arguments]
+    return answer_values(endpoint, client.predict(*sent, api_name=endpoint))
+
+
+def visitor(url: str, calls: list, expected: list, requests: int, offset: int, deadline: float,
+            on_request=lambda: None) -> list[tuple[str, float | None, str]]:
+    """(endpoint, latency ms or None, outcome: ok, wrong or the error) of each of one visitor's requests."""
+    from gradio_client import Client
 
     client = Client(url, verbose=False)
-    latencies, errors = [], []
+    results = []
     for number in range(requests):
+        index = (offset + number) % len(calls)
+        endpoint, arguments = calls[index]
         if time.monotonic() > deadline:
-            errors.append("not sent: time limit")
+            results.append((endpoint, None, "not sent: time limit"))
             continue
         started = time.perf_counter()
         try:
-            labels, _ = client.predict(handle_file(str(images[(offset + number) % len(images)])), api_name="/classify")
-            if len(labels["confidences"]) != 5:
-                raise ValueError(f"{len(labels['confidences'])} labels instead of 5")
-            latencies.append((time.perf_counter() - started) * 1000)
+            answer = call(client, endpoint, arguments)
+            latency = (time.perf_counter() - started) * 1000
+            results.append((endpoint, latency, "ok" if same_answer(endpoint, expected[index], answer) else "wrong"))
         except Exception as error:  # a failed request is a result to count, not a crash of the bench
-            errors.append(f"{type(error).__name__}: {error}"[:200])
+            results.append((endpoint, None, f"{type(error).__name__}: {error}"[:200]))
         on_request()
-    return latencies, errors
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "model"), help="model folder or Hub id (MODEL_ID)")
+    parser.add_argument("--pretrained-file", default=str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else None,
+                        help="PRETRAINED_FILE for the feature maps' backbone (default: ../shared's lite0 weights)")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=50, help="requests per client")
+    parser.add_argument("--requests", type=int, default=20, help="requests per client")
     parser.add_argument("--time-limit", type=float, default=900, help="seconds; requests not sent by then count as failed")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-app-load-"))
     inputs = make_inputs(workdir)
     images = [inputs["32x32"], inputs["1024x768"], *sorted((ROOT / "examples").glob("*.png"))]
-    with running_app(args.model, workdir) as (url, process):
-        deadline = time.monotonic() + args.time_limit
-        alone, alone_errors = visitor(url, images, args.requests, 0, deadline)
-        memory = {"after warm-up": resident_memory_mb(process.pid)}
-        total = args.clients * args.requests
-        sent = {"count": 0}
-        lock = threading.Lock()
+    calls = planned_calls(images, load_model_folder(args.model).label_names)
+    env = {"PRETRAINED_FILE": args.pretrained_file} if args.pretrained_file else {}
+    with running_app(args.model, workdir, env=env) as (url, process):
+        from gradio_client import Client
+
+        memory = {"started": resident_memory_mb(process.pid)}
+        alone_client, alone, expected = Client(url, verbose=False), defaultdict(list), []
+        for endpoint, arguments in calls:
+            started = time.perf_counter()
+            expected.append(call(alone_client, endpoint, arguments))
+            alone[endpoint].append((time.perf_counter() - started) * 1000)
+        memory["after the baseline"] = resident_memory_mb(process.pid)
+        total, sent, lock = args.clients * args.requests, {"count": 0}, threading.Lock()
 
         def count_request() -> None:  # memory half-way through the load
             with lock:
@@ -73,33 +103,33 @@ def main() -> None:
                 if sent["count"] == total // 2:
                     memory["half-way"] = resident_memory_mb(process.pid)
 
+        deadline = time.monotonic() + args.time_limit
         started = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            results = list(pool.map(lambda index: visitor(url, images, args.requests, index, deadline, count_request),
-                                    range(args.clients)))
+            results = [result for visitor_results in pool.map(
+                lambda offset: visitor(url, calls, expected, args.requests, offset * 7, deadline, count_request),
+                range(args.clients)) for result in visitor_results]
         wall = time.perf_counter() - started
         memory["end"] = resident_memory_mb(process.pid)
-    latencies = [value for result in results for value in result[0]]
-    errors = [error for result in results for error in result[1]]
-    if not alone:
-        raise SystemExit(f"no request answered: {alone_errors[:3]}")
-    print(f"model: {args.model}   {args.clients} clients x {args.requests} requests, loopback, "
-          f"app queue concurrency 1\n")
-    print("| load | answered | failed | p50 ms | p95 ms | max ms | requests/s | p50 / alone p50 |")
+    print(f"model: {args.model}   {args.clients} clients x {args.requests} requests, mixed endpoints, loopback; "
+          f"{len(results) / wall:.1f} requests/s\n")
+    print("| endpoint | alone p50 ms | answered | failed | wrong | p50 ms | p95 ms | p50 / alone p50 |")
     print("|---|---|---|---|---|---|---|---|")
-    alone_p50 = statistics.median(alone)
-    print(f"| 1 client (baseline) | {len(alone)} | {len(alone_errors)} | {alone_p50:.0f} | {percentile(alone, 0.95):.0f} | "
-          f"{max(alone):.0f} | {1000 / statistics.mean(alone):.1f} | 1.00x |")
-    if latencies:
-        print(f"| {args.clients} clients | {len(latencies)} | {len(errors)} | {statistics.median(latencies):.0f} | "
-              f"{percentile(latencies, 0.95):.0f} | {max(latencies):.0f} | {len(latencies) / wall:.1f} | "
-              f"{statistics.median(latencies) / alone_p50:.2f}x |")
+    for endpoint in dict.fromkeys(endpoint for endpoint, _ in calls):
+        mine = [result for result in results if result[0] == endpoint]
+        latencies = [latency for _, latency, outcome in mine if latency is not None]
+        failed = sum(latency is None for _, latency, _ in mine)
+        wrong = sum(outcome == "wrong" for _, _, outcome in mine)
+        alone_p50 = statistics.median(alone[endpoint])
+        row = (f"{statistics.median(latencies):.0f} | {percentile(latencies, 0.95):.0f} | "
+               f"{statistics.median(latencies) / alone_p50:.1f}x" if latencies else "- | - | -")
+        print(f"| {endpoint} | {alone_p50:.0f} | {len(latencies)} | {failed} | {wrong} | {row} |")
     print("\n| app memory (RSS) | MB |\n|---|---|")
     for moment, value in memory.items():
         print(f"| {moment} | {value:.0f} |")
-    growth = memory["end"] - memory.get("half-way", memory["after warm-up"])
+    growth = memory["end"] - memory.get("half-way", memory["after the baseline"])
     print(f"\ngrowth over the second half of the load: {growth:+.0f} MB")
-    for error in sorted(set(errors + alone_errors))[:10]:
+    for error in sorted({outcome for _, _, outcome in results if outcome not in ("ok", "wrong")})[:10]:
         print("error:", error)
 
 

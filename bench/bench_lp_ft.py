@@ -31,7 +31,8 @@ def from_root(path: str | Path) -> str:
 
 
 def run_lp_ft(args: argparse.Namespace, output: Path) -> float:
-    command = [sys.executable, "train.py", "--dataset", from_root(args.dataset), "--model", "tf_efficientnet_lite0",
+    command = [sys.executable, "train.py", "--dataset", from_root(args.dataset), "--dataset-id", "uoft-cs/cifar10",
+               "--model", "tf_efficientnet_lite0",
                "--pretrained-file", from_root(args.pretrained_file),
                "--strategy", "lp-ft", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                "--epochs", str(args.epochs), "--max-train-minutes", str(args.minutes),

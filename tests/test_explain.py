@@ -50,8 +50,8 @@ def test_feature_maps_match_the_pretrained_backbone_exactly_when_it_stayed_froze
                                                                                    pretrained_file, tmp_path):
     image = colour_images(1, 16, seed=8)[0][0]
     probe = load_model_folder(str(model_folder))  # a linear probe: the backbone is the pretrained one
-    backbone, note = pretrained_backbone(probe)
-    assert backbone is not None and str(pretrained_file) in note
+    backbone, note = pretrained_backbone(probe, str(pretrained_file))  # the operator's local copy, as PRETRAINED_FILE
+    assert backbone is not None and pretrained_file.name in note
     inputs = to_model_input(image_tensor(image, 32), probe.preprocessing)
     for (label, ours, channels), (_, theirs, their_channels) in zip(strongest_feature_maps(probe.model, inputs),
                                                                    strongest_feature_maps(backbone, inputs)):
@@ -59,7 +59,7 @@ def test_feature_maps_match_the_pretrained_backbone_exactly_when_it_stayed_froze
     run(tiny_settings(tiny_dataset, tmp_path / "tuned", pretrained_file, strategy="finetune", epochs=3, lr=3e-3))
     tuned = load_model_folder(str(tmp_path / "tuned"))
     last_ours = strongest_feature_maps(tuned.model, inputs)[-1][1]
-    last_theirs = strongest_feature_maps(pretrained_backbone(tuned)[0], inputs)[-1][1]
+    last_theirs = strongest_feature_maps(pretrained_backbone(tuned, str(pretrained_file))[0], inputs)[-1][1]
     assert last_ours.shape == last_theirs.shape and not torch.allclose(last_ours, last_theirs, atol=1e-3)
     figure = feature_map_figure(image, {"this model": tuned.model, "pretrained": backbone}, tuned)
     assert figure.width > figure.height > 200

@@ -1,6 +1,7 @@
 """Decoding whatever a visitor uploads, and classifying it with the model's own preprocessing."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,24 @@ def test_image_tensor_crops_the_centre_and_shrinks_large_images():
     assert tensor.shape == (1, 3, 64, 64) and tensor.dtype == torch.uint8
     assert tensor.float().mean() > 190
     assert image_tensor(Image.new("RGB", (32, 32)), size=160).shape == (1, 3, 32, 32)
+
+
+def test_sixteen_bit_images_keep_their_grey_levels_in_integer_arithmetic(tmp_path):
+    levels = np.array([[0, 256, 32768, 65535]], dtype=np.uint16).repeat(8, axis=0).repeat(2, axis=1)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode.startswith("I")  # Pillow keeps the 16 bits
+    pixels = np.asarray(open_image(tmp_path / "deep.png"))
+    assert pixels.dtype == np.uint8 and pixels.shape == (8, 8, 3)
+    assert pixels[0, ::2, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_errors_name_no_server_path(tmp_path):
+    for path in (Path("/nonexistent/secret.png"), tmp_path / "gone.png"):
+        with pytest.raises(ImageError) as error:
+            open_image(path)
+        assert "/" not in str(error.value) and "Errno" not in str(error.value)
+    (tmp_path / "cut.png").write_bytes(Image.new("RGB", (64, 64)).tobytes()[:10])
+    with pytest.raises(ImageError) as error:
+        open_image(tmp_path / "cut.png")
+    assert str(tmp_path) not in str(error.value)

@@ -1,5 +1,6 @@
 """A killed run resumes where its last epoch ended; a non-finite loss stops it with the last good checkpoint kept."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import torch
 
 from conftest import TINY_MODEL
 from test_training import ROOT, _train_cli, tiny_settings
-from tl_space import checkpoint
+from tl_space import atomic, checkpoint
 from tl_space.errors import UserError
 from tl_space.training import run
 
@@ -75,6 +76,29 @@ def test_killed_run_resumes_to_the_same_result_with_each_epoch_once(tiny_dataset
     assert metrics["test"]["confusion_matrix"] == reference["test"]["confusion_matrix"]
     assert metrics["test"]["best_epoch"] == reference["test"]["best_epoch"]
     assert not (output_dir / checkpoint.CHECKPOINT_DIR).exists()  # a finished run keeps no checkpoint
+
+
+def test_a_kill_between_the_model_folder_renames_resumes_from_the_last_epoch(tiny_dataset, pretrained_file, tmp_path,
+                                                                            monkeypatch, capsys):
+    output_dir = tmp_path / "run"
+    settings = tiny_settings(tiny_dataset, output_dir, pretrained_file, strategy="finetune", epochs=3)
+
+    def killed_swap(staging, target):  # the run folder renamed aside, then the process dies
+        target.rename(atomic.previous_path(target))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(atomic, "replace_folder", killed_swap)
+    with pytest.raises(KeyboardInterrupt):
+        run(settings)
+    monkeypatch.undo()
+    assert not output_dir.exists() and atomic.previous_path(output_dir).is_dir()
+    capsys.readouterr()
+    run(dataclasses.replace(settings, resume=True))
+    out = capsys.readouterr()
+    assert "restored the run folder from an interrupted save" in out.err
+    assert "resuming after epoch 3" in out.out + out.err  # every epoch done: straight to the evaluation
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert [entry["epoch"] for entry in metrics["history"]] == [1, 2, 3]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no staging or previous folder left
 
 
 def test_resume_refuses_other_settings(tiny_dataset, pretrained_file, tmp_path, monkeypatch):

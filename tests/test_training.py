@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,28 @@ def test_a_small_training_set_fills_an_epoch_with_reshuffled_passes():
     assert len(indices) == 48 and len(loader) == 3
     assert sorted(indices[:40].tolist()) == sorted(list(range(10)) * 4)  # whole passes, each image once per pass
     assert len(torch.cat(list(training.index_loader(100, 16, True, 0, min_samples=48)))) == 100  # larger: one pass
+
+
+def test_the_model_folder_holds_no_path_of_the_training_machine(tiny_dataset, pretrained_file, tmp_path):
+    output_dir = tmp_path / "absolute" / "run"
+    run(tiny_settings(tiny_dataset.resolve(), output_dir.resolve(), pretrained_file.resolve(), epochs=1,
+                      cache_dir=str(tmp_path / "cache"), dataset_id="someone/colours"))
+    for file in output_dir.rglob("*"):
+        if file.suffix in (".json", ".md"):
+            text = file.read_text()
+            assert str(tmp_path) not in text and "/tmp" not in text, file.name
+    settings = json.loads((output_dir / "metrics.json").read_text())["settings"]
+    assert (settings["dataset"], settings["pretrained_file"], settings["output_dir"], settings["cache_dir"]) == (
+        "someone/colours", pretrained_file.name, "run", None)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets == ["someone/colours"]
+    assert card.data.eval_results[0].dataset_type == "someone/colours"
+
+
+def test_a_dataset_in_the_hub_cache_is_named_by_its_hub_id(tiny_dataset, tmp_path):
+    snapshot = tmp_path / "hub" / "datasets--uoft-cs--cifar10" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_dataset, snapshot)
+    settings = TrainSettings(dataset=str(snapshot))
+    assert settings.published()["dataset"] == "uoft-cs/cifar10"
+    assert TrainSettings(dataset=str(tiny_dataset)).published()["dataset"] == tiny_dataset.name
+    assert TrainSettings(dataset="uoft-cs/cifar10").published()["dataset"] == "uoft-cs/cifar10"

@@ -10,6 +10,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from tl_space import atomic
+
 CHECKPOINT_DIR = "checkpoint"
 PROGRESS_FILE = "progress.json"  # written last: a folder without it is not a checkpoint
 BEST_FILE = "best_model.safetensors"
@@ -48,11 +50,14 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, progress: dict, b
     if accelerator.is_main_process:
         save_file({name: tensor.contiguous() for name, tensor in best_state.items()}, str(partial / BEST_FILE))
         (partial / PROGRESS_FILE).write_text(json.dumps({**progress, "scheduler": scheduler.state_dict()}, indent=2))
+        atomic.fsync_tree(partial)  # on the disk before the renames make it the checkpoint
         old = directory.with_name(directory.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
             directory.rename(old)
+            atomic.fsync_path(directory.parent)
         partial.rename(directory)
+        atomic.fsync_path(directory.parent)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from tl_space import atomic
 
 
 def cache_folder(cache_dir: str, kind: str) -> Path | None:
@@ -22,18 +27,54 @@ def hash_tensor(digest, tensor: torch.Tensor) -> None:
     digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
+DIGEST_KEY = "tl_space.blake2b"  # in each entry's safetensors metadata: the digest of its tensors
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        hash_tensor(digest, tensors[name])
+    return digest.hexdigest()
+
+
+def _warn(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
 def load(folder: Path, key: str) -> dict[str, torch.Tensor] | None:
-    """The tensors stored under key, None when there are none."""
+    """The tensors stored under key, None when there are none. An entry that cannot be read or whose data does not
+    match its digest is reported by path, deleted, and reads as none: the caller computes it again."""
     path = folder / f"{key}.safetensors"
-    return load_file(str(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as entry:
+            expected = (entry.metadata() or {}).get(DIGEST_KEY)
+            tensors = {name: entry.get_tensor(name) for name in entry.keys()}
+        if expected is None or tensors_digest(tensors) != expected:
+            raise ValueError("its data does not match its digest" if expected else "it has no digest")
+    except Exception as error:  # safetensors raises its own error types for truncated or garbled files
+        _warn(f"cache entry {path} is damaged ({error}); deleting it and computing it again")
+        path.unlink(missing_ok=True)
+        return None
+    return tensors
 
 
-def store(folder: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def store(folder: Path, key: str, tensors: dict[str, torch.Tensor]) -> bool:
+    """Write tensors under key with their digest; a failed write (disk full, read-only) warns and returns False."""
     path = folder / f"{key}.safetensors"
-    partial = path.with_suffix(f".partial-{os.getpid()}")
-    save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, str(partial))
-    partial.replace(path)  # atomic: a reader sees the whole file or none, and concurrent writers the same file
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.sweep_stale_staging(folder)
+        metadata = {DIGEST_KEY: tensors_digest(tensors)}
+        atomic.write_file(path, lambda staging: save_file(tensors, str(staging), metadata=metadata))
+    except (OSError, SafetensorError) as error:  # safetensors reports its own I/O errors as SafetensorError
+        reason = getattr(error, "strerror", None) or str(error).split(" at path ")[0]
+        _warn(f"could not write cache entry {path} ({reason}); going on without caching it")
+        return False
+    return True
 
 
 def cached_tensors(folder: Path | None, key: str, compute: Callable[[], dict[str, torch.Tensor]],

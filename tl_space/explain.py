@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and Spaces
@@ -13,8 +16,8 @@ from PIL import Image  # noqa: E402
 from torchcam.methods import GradCAM  # noqa: E402
 from torchcam.utils import overlay_mask  # noqa: E402
 
-from tl_space.errors import UserError  # noqa: E402
 from tl_space.hub import LoadedModel  # noqa: E402
+from tl_space.markdown import code  # noqa: E402
 from tl_space.inference import image_tensor  # noqa: E402
 from tl_space.model import create_model  # noqa: E402
 from tl_space.transforms import to_model_input  # noqa: E402
@@ -39,7 +42,7 @@ def class_activation_maps(loaded: LoadedModel, image: Image.Image, class_indices
     size = loaded.preprocessing.image_size
     inputs = to_model_input(image_tensor(image, size), loaded.preprocessing).expand(len(class_indices), -1, -1, -1)
     model = loaded.model.eval()
-    with torch.enable_grad(), GradCAM(model, target_layer=cam_layer(model, size)) as extractor:
+    with loaded.lock, torch.enable_grad(), GradCAM(model, target_layer=cam_layer(model, size)) as extractor:
         scores = model(inputs.contiguous())
         maps = extractor(class_idx=list(class_indices), scores=scores)[0]
     maps = F.interpolate(maps.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False)
@@ -91,25 +94,34 @@ def strongest_feature_maps(model: torch.nn.Module, inputs: torch.Tensor,
     return results
 
 
-def pretrained_backbone(loaded: LoadedModel) -> tuple[torch.nn.Module | None, str]:
-    """The ImageNet model the folder's run started from, if the folder says which and its weights are reachable,
-    with a sentence saying which (or why not)."""
+def pretrained_backbone(loaded: LoadedModel, pretrained_file: str | None = None) -> tuple[torch.nn.Module | None, str]:
+    """The ImageNet model the served one started from, with a sentence saying which (or why there is none).
+
+    Its architecture is the served model's own (config.json); its weights come from pretrained_file (the operator's
+    local copy) or else from the timm Hub repo of the base model the folder names. No path or model name written in
+    the folder's metrics is ever opened.
+    """
     settings = loaded.metrics.get("settings", {})
     if not settings or settings.get("strategy") == "scratch":
         return None, "This model was trained from scratch (or its folder does not say from what): no pretrained backbone."
+    architecture = loaded.model.pretrained_cfg.get("architecture", "")
+    base_model = (loaded.metrics.get("model") or {}).get("base_model")
+    name = (base_model.removeprefix("timm/") if isinstance(base_model, str)
+            and base_model.startswith(f"timm/{architecture}.") else architecture)
     try:
-        model = create_model(settings["model"], len(loaded.label_names), pretrained=True,
-                             pretrained_file=settings.get("pretrained_file"))
-    except (UserError, OSError, RuntimeError, ValueError) as error:
-        return None, f"The pretrained backbone `{settings['model']}` could not be loaded here ({error})."
-    source = settings.get("pretrained_file") or settings["model"]
-    return model.eval(), f"Left: this model. Right: the pretrained backbone it started from (`{source}`)."
+        model = create_model(name, len(loaded.label_names), pretrained=True, pretrained_file=pretrained_file)
+    except Exception as error:  # offline, gated, unknown tag: the feature maps of this model are still shown
+        logging.getLogger("tl_space.explain").warning("no pretrained backbone for %s: %s", name, error)
+        return None, f"The pretrained backbone {code(name)} could not be loaded here."
+    source = Path(pretrained_file).name if pretrained_file else name
+    return model.eval(), f"Left: this model. Right: the pretrained backbone it started from ({code(source)})."
 
 
 def feature_map_figure(image: Image.Image, models: dict[str, torch.nn.Module], loaded: LoadedModel) -> Image.Image:
     """A grid: one row per stage (early, middle, last), the strongest channels of each model side by side."""
     inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
-    by_model = {title: strongest_feature_maps(model, inputs) for title, model in models.items()}
+    with loaded.lock:  # hooks on the shared model
+        by_model = {title: strongest_feature_maps(model, inputs) for title, model in models.items()}
     stages = len(next(iter(by_model.values())))
     figure, grid = plt.subplots(stages, FEATURE_CHANNELS * len(models), squeeze=False,
                                 figsize=(1.3 * FEATURE_CHANNELS * len(models), 1.55 * stages + 0.4))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tl_space.errors import UserError
-from tl_space.hub import LoadedModel
 from tl_space.transforms import to_model_input
+
+if TYPE_CHECKING:  # hub reads model folders with open_image: no import cycle at run time
+    from tl_space.hub import LoadedModel
 
 # Bounds chosen on purpose: a 50-megapixel phone photo passes, a decompression bomb does not.
 MAX_IMAGE_PIXELS = 50_000_000
@@ -22,12 +25,21 @@ class ImageError(UserError):
     """An input that is not an image this app can classify; the message says why."""
 
 
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """16- or 32-bit grey levels as 8-bit, in integer arithmetic (a float64 copy of a 50-megapixel image is 400 MB):
+    the top 8 bits of 16-bit data; 32-bit integers and floats above 255 as 16-bit, below it as they are."""
+    if pixels.dtype.kind == "f":
+        top = np.float32(65535 if np.nanmax(pixels, initial=0) > 255 else 255)
+        return np.nan_to_num(np.clip(pixels.astype(np.float32, copy=False) * (255 / top), 0, 255)).astype(np.uint8)
+    if pixels.dtype.itemsize == 2 or pixels.max(initial=0) > 255:
+        return (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: 16-bit and float scaled, alpha and palette transparency laid on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -40,7 +52,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an uploaded file into an upright RGB image, or raise ImageError saying what is wrong with it."""
     path = Path(path)
-    if path.stat().st_size == 0:
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as error:  # the message names no path: visitors must not learn which server files exist
+        raise ImageError("The file could not be read; upload it again.") from error
+    if empty:
         raise ImageError("The file is empty (0 bytes); upload a JPEG, PNG, WebP, GIF, BMP or TIFF image.")
     try:
         with Image.open(path) as image:
@@ -60,8 +76,8 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
     except Image.DecompressionBombError as error:
         raise ImageError("The image declares more pixels than this app accepts (a decompression bomb?); "
                          "upload a smaller image.") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"The image file is truncated or corrupt ({error}).") from error
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's own text may hold the server's path: not shown
+        raise ImageError("The image file is truncated or corrupt; upload another copy of it.") from error
 
 
 def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -82,6 +98,7 @@ def class_probabilities(loaded: LoadedModel, image: Image.Image) -> dict[str, fl
     inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
     if loaded.flip_tta:  # the folder measured a gain from averaging with the mirror image
         inputs = torch.cat([inputs, inputs.flip(-1)])
-    logits = loaded.model(inputs).float().mean(dim=0, keepdim=True)
+    with loaded.lock:  # one request at a time on the shared model
+        logits = loaded.model(inputs).float().mean(dim=0, keepdim=True)
     probabilities = (logits / loaded.temperature).softmax(dim=1)[0]
     return {name: float(p) for name, p in zip(loaded.label_names, probabilities)}

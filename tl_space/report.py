@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,7 @@ from PIL import Image  # noqa: E402
 from timm.models import save_for_hf  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tl_space import checkpoint  # noqa: E402
+from tl_space import atomic, checkpoint  # noqa: E402
 from tl_space.calibration import plot_reliability  # noqa: E402
 from tl_space.card import write_model_card  # noqa: E402
 from tl_space.errors import UserError  # noqa: E402
@@ -29,12 +30,17 @@ METRICS_FILE = "metrics.json"
 MISCLASSIFIED_FILE = "misclassified.json"
 MISCLASSIFIED_DIR = "misclassified"
 # Settings that say where or how a run reports, not what it computes.
-NON_RUN_SETTINGS = ("output_dir", "overwrite", "resume", "report_to", "cache_dir", "eval_batch_size", "compile",
+NON_RUN_SETTINGS = ("dataset_id", "output_dir", "overwrite", "resume", "report_to", "cache_dir", "eval_batch_size", "compile",
                     "flip_tta", "push_to_hub", "hub_model_id", "private")
 
 
 def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:
-    """The output folder, if it is free, empty, or holds this same run; otherwise a UserError (unless --overwrite)."""
+    """The output folder, if it is free, empty, or holds this same run; otherwise a UserError (unless --overwrite).
+
+    A folder whose swap for a newer one was killed half-way is put back first, so its checkpoint can be resumed.
+    """
+    if atomic.recover_folder(output_dir):
+        print(f"{output_dir}: restored the run folder from an interrupted save", file=sys.stderr)
     if not output_dir.exists() or settings.overwrite:
         return output_dir
     if not output_dir.is_dir():
@@ -60,12 +66,12 @@ def check_output_dir(output_dir: Path, settings: TrainSettings) -> Path:
 
 def differing_settings(previous: dict, settings: TrainSettings) -> list[str]:
     """Names of the settings that change what a run computes and differ from previous (a saved settings dict)."""
-    current = settings.to_dict()
+    current = settings.published()
     return sorted(key for key in current if key not in NON_RUN_SETTINGS and previous.get(key) != current[key])
 
 
 def _check_same_run(output_dir: Path, previous: dict, settings: TrainSettings, advice: str) -> None:
-    current = settings.to_dict()
+    current = settings.published()
     differing = differing_settings(previous, settings)
     if differing:
         changes = ", ".join(f"{key}: {previous.get(key)!r} -> {current[key]!r}" for key in differing[:5])
@@ -151,22 +157,18 @@ def write_model_folder(output_dir: Path, model: nn.Module, class_names: list[str
     """Write the whole folder beside output_dir, then swap it in, so no reader sees a half-written model."""
     output_dir = output_dir.resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.with_name(f".{output_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    atomic.remove_stale_staging(output_dir)
+    staging = atomic.staging_path(output_dir)
     staging.mkdir()
-    save_model(staging, model, class_names, preprocessing)
-    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    records = write_misclassified(staging, mistakes, test_images)
-    plot_curves(metrics["history"], staging / "curves.png")
-    plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, staging / "confusion_matrix.png")
-    plot_reliability(metrics["calibration"], staging / "reliability.png")
-    write_model_card(staging, metrics, records)
-    if output_dir.exists():
-        previous = output_dir.with_name(f".{output_dir.name}.previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        output_dir.rename(previous)
-        staging.rename(output_dir)
-        shutil.rmtree(previous)
-    else:
-        staging.rename(output_dir)
-    return output_dir
+    try:
+        save_model(staging, model, class_names, preprocessing)
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        records = write_misclassified(staging, mistakes, test_images)
+        plot_curves(metrics["history"], staging / "curves.png")
+        plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, staging / "confusion_matrix.png")
+        plot_reliability(metrics["calibration"], staging / "reliability.png")
+        write_model_card(staging, metrics, records)
+        return atomic.replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tl_space.errors import UserError
 
@@ -33,6 +35,25 @@ def keeps_batchnorm_statistics(batchnorm: str, strategy: str) -> bool:
     return batchnorm == "pretrained"
 
 
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/tl-space, or ~/.cache/tl-space where it is unset."""
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "tl-space")
+
+
+def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
+    """The Hub id of a dataset: --dataset-id, else --dataset itself when it is no local folder, else the id of the
+    Hub cache folder it lies in (.../datasets--OWNER--NAME/snapshots/...); None for any other local folder."""
+    if dataset_id:
+        return dataset_id
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        return dataset
+    for part in path.resolve().parts:
+        if part.startswith("datasets--") and part.count("--") == 2:
+            return part.removeprefix("datasets--").replace("--", "/")
+    return None
+
+
 def option(default, help: str, **argparse_kwargs):
     return field(default=default, metadata={"help": help, **argparse_kwargs})
 
@@ -42,6 +63,8 @@ class TrainSettings:
     """Every knob of a training run, with defaults that work."""
 
     dataset: str = option("uoft-cs/cifar10", "Hub dataset id, or a local folder in the same layout (parquet files or save_to_disk)")
+    dataset_id: str | None = option(None, "Hub id of the dataset a local --dataset folder copies (e.g. uoft-cs/cifar10), "
+                                     "named in the model folder and card instead of the local folder's name")
     image_column: str | None = option(None, "image column; if unset, found from the features (img, image, ...)")
     label_column: str | None = option(None, "label column; if unset, found from the features (label, fine_label, ...)")
     train_split: str = option("train", "split to train (and hold validation images out of)")
@@ -88,7 +111,7 @@ class TrainSettings:
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
     report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
-    cache_dir: str = option("~/.cache/tl-space", "where reruns find what earlier runs computed: the decoded images "
+    cache_dir: str = option(default_cache_dir(), "where reruns find what earlier runs computed: the decoded images "
                                                   "(images/) and, for linear-probe and lp-ft, the frozen backbone's "
                                                   "features (features/); none: off")
     output_dir: str = option("runs/cifar10", "where the model folder is written")
@@ -101,6 +124,20 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def published(self) -> dict:
+        """The settings as a model folder records them, with no path of this machine: the dataset by its Hub id
+        (or a local folder's name), local weights and model folders by their names, where the run wrote by its
+        folder's name, and no cache folder."""
+        values = self.to_dict()
+        values["dataset"] = dataset_hub_id(self.dataset, self.dataset_id) or Path(self.dataset).name
+        if self.pretrained_file is not None:
+            values["pretrained_file"] = Path(self.pretrained_file).name
+        if self.model.startswith("local-dir:"):
+            values["model"] = "local-dir:" + Path(self.model.removeprefix("local-dir:")).name
+        values["output_dir"] = Path(self.output_dir).name
+        values["cache_dir"] = None
+        return values
 
 
 def _argument_type(annotation: str):
@@ -164,5 +201,7 @@ def check_settings(settings: TrainSettings) -> None:
         raise UserError(f"--train-fraction {settings.train_fraction} must be in (0, 1], e.g. 0.1 for 10%")
     if settings.train_fraction is not None and settings.shots_per_class is not None:
         raise UserError("--train-fraction and --shots-per-class both pick a few-shot subset; give one of them")
+    if settings.dataset_id is not None and (settings.dataset_id.count("/") != 1 or not all(settings.dataset_id.split("/"))):
+        raise UserError(f"--dataset-id {settings.dataset_id!r} is not a Hub dataset id; give OWNER/NAME, e.g. uoft-cs/cifar10")
     if settings.max_misclassified < 0 or settings.weight_decay < 0 or settings.min_epoch_images < 0:
         raise UserError("--max-misclassified, --weight-decay and --min-epoch-images must not be negative")

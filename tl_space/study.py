@@ -223,7 +223,8 @@ def study_record(study: StudySettings, rows: list[dict], skipped: list[str], pla
     """What study.json holds: the settings, one row per finished run, and what was skipped."""
     settings = {name: getattr(study, name) for name in ("strategies", "shots_per_class", "seeds", "repeat_up_to",
                                                         "budget", "minutes", "output_dir")}
-    return {"study": settings, "training": study.training.to_dict(), "planned_runs": planned, "rows": rows,
+    settings["output_dir"] = Path(study.output_dir).name  # no path of this machine in what is published
+    return {"study": settings, "training": study.training.published(), "planned_runs": planned, "rows": rows,
             "skipped": skipped}
 
 

@@ -287,7 +287,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
             best.update(accuracy=entry["val_accuracy"], epoch=epoch,
                         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        progress_record = {"settings": settings.to_dict(), "stage": stage.name, "stage_index": stage.index,
+        progress_record = {"settings": settings.published(), "stage": stage.name, "stage_index": stage.index,
                            "stage_epochs_done": epoch - first_epoch + 1, "history": history,
                            "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}
         checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress_record, best["state"], scheduler,
@@ -486,9 +486,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     metrics = {
         "history": history,
         "test": test,
-        "settings": settings.to_dict(),
+        "settings": settings.published(),
         "model": {"architecture": model.pretrained_cfg.get("architecture", settings.model),
-                  "base_model": base_model_id(model, settings), "pretrained_file": settings.pretrained_file},
+                  "base_model": base_model_id(model, settings),
+                  "pretrained_file": settings.published()["pretrained_file"]},
         "calibration": calibration,
         "flip_tta": flip_tta,
         "preprocessing": preprocessing.to_dict(),

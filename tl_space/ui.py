@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from tl_space.explain import feature_map_figure, heatmap_overlays, pretrained_backbone
-from tl_space.hub import LoadedModel
+from tl_space.hub import LoadedModel, public_plots
 from tl_space.inference import ImageError, class_probabilities, open_image
+from tl_space.markdown import code, text
 from tl_space.study_report import PLOTS, findings, load_study, summarize
 
 ALL = "all classes"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Every event that runs the model shares one queue slot: hooks (Grad-CAM, feature maps) never overlap.
+MODEL_QUEUE = "model"
+# Files Gradio stored for visitors (uploads, cached examples) are deleted after an hour, checked every 10 minutes.
+DELETE_CACHE = (600, 3600)
+# Requests waiting at most: past this, a visitor is told the Space is busy instead of waiting minutes.
+QUEUE_MAX_SIZE = 64
+NOT_UPLOADED = "This file was not uploaded to this app; upload the image again."
+logger = logging.getLogger("tl_space.app")
 
 
 def uploaded_path(payload: str | dict | None) -> str | None:
-    """The file behind gr.Image's raw (not preprocessed) value: Gradio has already stored the upload."""
-    if payload is None or isinstance(payload, str):
-        return payload
-    return payload.get("path")
+    """The file behind gr.Image's raw (not preprocessed) value, if Gradio stored it in its upload folder; any other
+    path (a forged API call naming a server file) is refused with a gr.Error that names no path."""
+    path = payload.get("path") if isinstance(payload, dict) else payload
+    if path is None:
+        return None
+    if not isinstance(path, str) or not Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        raise gr.Error(NOT_UPLOADED, print_exception=False)
+    return path
 
 
 def classify(loaded: LoadedModel, payload: str | dict | None) -> tuple[dict[str, float], str]:
@@ -53,7 +68,7 @@ def explain(loaded: LoadedModel, payload: str | dict | None, class_name: str) ->
     """The upload with the Grad-CAM heatmap of class_name over it."""
     image = uploaded_image(payload)
     if class_name not in loaded.label_names:
-        raise gr.Error(f"Pick one of the model's classes, not {class_name!r}.", print_exception=False)
+        raise gr.Error(f"Pick one of the model's classes, not {str(class_name)[:100]!r}.", print_exception=False)
     return heatmap_overlays(loaded, image, [class_name])[0]
 
 
@@ -65,13 +80,15 @@ def caption(record: dict) -> str:
     return f"{record['true_label']} → {record['predicted_label']} ({record['confidence']:.0%})"
 
 
-def filter_mistakes(loaded: LoadedModel, true_label: str, predicted_label: str) -> list[dict]:
-    return [record for record in loaded.misclassified
+def filter_mistakes(loaded: LoadedModel, true_label: str, predicted_label: str) -> list[int]:
+    """Indices of the mistakes of true class true_label predicted as predicted_label (ALL: any)."""
+    return [index for index, record in enumerate(loaded.misclassified)
             if true_label in (ALL, record["true_label"]) and predicted_label in (ALL, record["predicted_label"])]
 
 
-def gallery_items(loaded: LoadedModel, records: list[dict]) -> list[tuple[str, str]]:
-    return [(str(loaded.folder / record["file"]), caption(record)) for record in records]
+def gallery_items(loaded: LoadedModel, indices: list[int]) -> list[tuple[Image.Image, str]]:
+    """The mistakes' images as decoded copies: never a path into the model folder."""
+    return [(loaded.mistake_images[index], caption(loaded.misclassified[index])) for index in indices]
 
 
 def top5_of(record: dict) -> dict[str, float]:
@@ -79,51 +96,55 @@ def top5_of(record: dict) -> dict[str, float]:
 
 
 def report_markdown(loaded: LoadedModel) -> str:
-    """Headline numbers and the run's settings, from metrics.json."""
+    """Headline numbers and the run's settings, from metrics.json; every value from the folder escaped."""
     metrics = loaded.metrics
     if not metrics:
-        return f"No `metrics.json` in `{loaded.source}`: this folder has no training report."
+        return f"No `metrics.json` in {code(loaded.name)}: this folder has no training report."
     test, settings = metrics["test"], metrics["settings"]
-    base = metrics.get("model", {}).get("base_model") or "random initialisation"
+    model_record = metrics.get("model") or {}
+    base = model_record.get("base_model") or "random initialisation"
     lines = [
         f"### Test accuracy: {test['accuracy']:.2%} on {test['num_images']:,} images",
-        f"`{metrics.get('model', {}).get('architecture', settings['model'])}` trained by **{settings['strategy']}** "
-        f"from {base} on `{settings['dataset']}` ({metrics['data']['train_images']:,} training images), "
+        f"{code(model_record.get('architecture', settings['model']))} trained by **{text(settings['strategy'])}** "
+        f"from {code(base)} on {code(settings['dataset'])} ({metrics['data']['train_images']:,} training images), "
         f"{len(metrics['history'])} epochs at {metrics['preprocessing']['image_size']} px; best epoch "
         f"{test['best_epoch']} by validation accuracy. Test loss {test['loss']:.3f}.",
     ]
     calibration = metrics.get("calibration")
     if calibration:
-        lines.append(f"\n**Calibration**: probabilities are divided by a temperature of {calibration['temperature']:.3f} "
+        lines.append(f"\n**Calibration**: probabilities are divided by a temperature of {float(calibration['temperature']):.3f} "
                      "fitted on the validation split; expected calibration error on the test split "
-                     f"{calibration['test_ece_before']:.2%} before, {calibration['test_ece_after']:.2%} after.")
+                     f"{float(calibration['test_ece_before']):.2%} before, {float(calibration['test_ece_after']):.2%} after.")
     flip_tta = metrics.get("flip_tta")
     if flip_tta:
         lines.append(f"\n**Flip test-time augmentation** (averaging each image with its mirror image): test accuracy "
-                     f"{flip_tta['test_accuracy']:.2%}, {flip_tta['gain'] * 100:+.2f} points; "
+                     f"{float(flip_tta['test_accuracy']):.2%}, {float(flip_tta['gain']) * 100:+.2f} points; "
                      + ("on in this app." if flip_tta["enabled"] else
-                        f"off in this app (it doubles the work and gains less than {flip_tta['min_gain']:.1%})."))
+                        f"off in this app (it doubles the work and gains less than {float(flip_tta['min_gain']):.1%})."))
     if test["most_confused"]:
         lines.append("\n**Most confused pairs** (true → predicted: test images): " + ", ".join(
-            f"{pair['true']} → {pair['predicted']}: {pair['count']}" for pair in test["most_confused"][:5]))
-    hidden = ("output_dir", "overwrite", "push_to_hub", "private", "report_to")
+            f"{text(pair['true'])} → {text(pair['predicted'])}: {int(pair['count'])}" for pair in test["most_confused"][:5]))
+    hidden = ("output_dir", "cache_dir", "overwrite", "push_to_hub", "private", "report_to")
     lines.append("\n| setting | value |\n|---|---|")
-    lines += [f"| {key} | {value} |" for key, value in settings.items() if value is not None and key not in hidden]
+    lines += [f"| {text(key)} | {text(value)} |" for key, value in list(settings.items())[:60]
+              if value is not None and key not in hidden]
     return "\n".join(lines)
 
 
 def study_markdown(study: dict, summary: list[dict], served_run: str) -> str:
     """The study's question, budget and findings, each finding a sentence computed from the table (summary)."""
     training, settings = study["training"], study["study"]
-    budget = (f"{training['epochs']} epochs" if settings["budget"] == "epochs"
-              else f"{settings['minutes']:g} minutes of training")
-    lines = [f"### When does transfer learning work? `{training['model']}` on `{training['dataset']}`",
-             f"{len(study['rows'])} of {study['planned_runs']} runs finished, each with the same budget ({budget}), "
-             f"the same validation and test images, at {training['image_size'] or 'the pretrained'} px. "
-             f"The Classify tab serves `{served_run}`.", "", "**Findings**", ""]
+    budget = (f"{int(training.get('epochs', 0))} epochs" if settings.get("budget") == "epochs"
+              else f"{float(settings.get('minutes', 0)):g} minutes of training")
+    size = training.get("image_size")
+    lines = [f"### When does transfer learning work? {code(training.get('model'))} on {code(training.get('dataset'))}",
+             f"{len(study['rows'])} of {int(study.get('planned_runs', len(study['rows'])))} runs finished, each with "
+             f"the same budget ({budget}), the same validation and test images, at "
+             f"{int(size) if isinstance(size, int) else 'the pretrained'} px. "
+             f"The Classify tab serves {code(served_run)}.", "", "**Findings**", ""]
     lines += [f"- {sentence}" for sentence in findings(summary)]
     if study.get("skipped"):
-        lines += ["", "Skipped: " + "; ".join(study["skipped"]) + "."]
+        lines += ["", "Skipped: " + "; ".join(text(reason) for reason in study["skipped"][:20]) + "."]
     return "\n".join(lines)
 
 
@@ -150,14 +171,14 @@ def build_error_page(message: str) -> gr.Blocks:
     return demo
 
 
-def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Blocks:
-    """The whole page for one loaded model."""
-    classes = ", ".join(loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
-    # A Hub id as given; a local folder by its name only: visitors need not see the server's paths.
-    model_name = Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source
-    with gr.Blocks(title=f"tl-space: {model_name}") as demo:
-        gr.Markdown(f"# What does this classifier see?\nModel `{model_name}` tells apart {len(loaded.label_names)} "
-                    f"classes: {classes}.")
+def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained_file: str | None = None,
+               queue_max_size: int = QUEUE_MAX_SIZE) -> gr.Blocks:
+    """The whole page for one loaded model, its queue bounded by queue_max_size. pretrained_file: the operator's
+    local copy of the backbone's weights, for the feature maps' comparison where the Hub is out of reach."""
+    classes = ", ".join(text(name) for name in loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
+    with gr.Blocks(title=f"tl-space: {loaded.name}", delete_cache=DELETE_CACHE) as demo:
+        gr.Markdown(f"# What does this classifier see?\nModel {code(loaded.name)} tells apart "
+                    f"{len(loaded.label_names)} classes: {classes}.")
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
@@ -181,27 +202,30 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
                 overlay = heatmap_overlays(loaded, image_now, top5[:1])[0]
                 return gr.update(choices=top5, value=top5[0], visible=True), gr.update(value=overlay, visible=True)
 
-            submit.click(predict, inputs=image, outputs=[label, timing], api_name="classify", preprocess=False).then(
-                refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], preprocess=False, api_name=False)
-            show_cam.change(refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], preprocess=False,
-                            api_name=False)
+            model_event = dict(preprocess=False, concurrency_id=MODEL_QUEUE)
+            submit.click(predict, inputs=image, outputs=[label, timing], api_name="classify", **model_event).then(
+                refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], api_name=False, **model_event)
+            show_cam.change(refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], api_name=False,
+                            **model_event)
             cam_class.input(lambda payload, name: explain(loaded, payload, name), inputs=[image, cam_class],
-                            outputs=cam_image, preprocess=False, api_name="explain")
+                            outputs=cam_image, api_name="explain", **model_event)
             with gr.Accordion("Feature maps: what the early, middle and last stages respond to", open=False):
                 maps_button = gr.Button("Show the feature maps of this image")
                 maps_note = gr.Markdown()
                 maps_image = gr.Image(label="Most active channels per stage", interactive=False, type="pil",
                                       elem_id="feature-maps")
-            pretrained = functools.cache(lambda: pretrained_backbone(loaded))  # loaded on first use, then kept
+            # Loaded on first use, then kept; under the model's lock, so two first uses load it once.
+            pretrained = functools.cache(lambda: pretrained_backbone(loaded, pretrained_file))
 
             def show_feature_maps(payload: str | dict | None):
                 image_now = uploaded_image(payload)
-                backbone, note = pretrained()
+                with loaded.lock:
+                    backbone, note = pretrained()
                 models = {"this model": loaded.model} | ({"pretrained backbone": backbone} if backbone else {})
                 return feature_map_figure(image_now, models, loaded), note
 
-            maps_button.click(show_feature_maps, inputs=image, outputs=[maps_image, maps_note], preprocess=False,
-                              api_name="feature_maps")
+            maps_button.click(show_feature_maps, inputs=image, outputs=[maps_image, maps_note], api_name="feature_maps",
+                              **model_event)
             examples = example_images(examples_dir)
             if examples:
                 gr.Examples(examples=examples, inputs=image, outputs=[label, timing], fn=predict,
@@ -212,53 +236,66 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None) -> gr.Bloc
             with gr.Row():
                 true_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="True class")
                 predicted_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="Predicted class")
-            shown = gr.State(loaded.misclassified)
+            everything = list(range(len(loaded.misclassified)))
+            shown = gr.State(everything)  # indices into loaded.misclassified, in gallery order
             with gr.Row():
-                gallery = gr.Gallery(gallery_items(loaded, loaded.misclassified), label="Misclassified test images",
+                gallery = gr.Gallery(gallery_items(loaded, everything), label="Misclassified test images",
                                      columns=8, height=480, object_fit="contain", allow_preview=True, scale=3,
-                                     elem_id="mistakes-gallery")
+                                     format="png", elem_id="mistakes-gallery")
                 with gr.Column(scale=1):
                     selected = gr.Label(num_top_classes=5, label="Top 5 of the selected image")
                     mistake_cams = gr.Gallery(label="Grad-CAM: true class | predicted class", columns=2, height=260,
                                               object_fit="contain", elem_id="mistake-cams")
 
             def refilter(true_label: str, predicted_label: str):
-                records = filter_mistakes(loaded, true_label, predicted_label)
-                return gallery_items(loaded, records), records, None, None
+                indices = filter_mistakes(loaded, true_label, predicted_label)
+                return gallery_items(loaded, indices), indices, None, None
 
             gr.on([true_filter.change, predicted_filter.change], refilter, inputs=[true_filter, predicted_filter],
                   outputs=[gallery, shown, selected, mistake_cams], api_name="filter_mistakes")
 
-            def show_selected(records: list[dict], event: gr.SelectData):
-                record = records[event.index]
+            def show_selected(indices: list[int], event: gr.SelectData):
+                if not isinstance(event.index, int) or not 0 <= event.index < len(indices):
+                    raise gr.Error("Pick one of the images shown.", print_exception=False)
+                index = indices[event.index]
+                record = loaded.misclassified[index]
                 classes = [record["true_label"], record["predicted_label"]]
-                overlays = heatmap_overlays(loaded, open_image(loaded.folder / record["file"]), classes)
+                overlays = heatmap_overlays(loaded, loaded.mistake_images[index], classes)
                 return top5_of(record), [(overlays[0], f"true: {classes[0]}"), (overlays[1], f"predicted: {classes[1]}")]
 
-            gallery.select(show_selected, inputs=shown, outputs=[selected, mistake_cams], api_name=False)
+            gallery.select(show_selected, inputs=shown, outputs=[selected, mistake_cams], api_name=False,
+                           concurrency_id=MODEL_QUEUE)
         with gr.Tab("Training report"):
             gr.Markdown(report_markdown(loaded))
             metrics = loaded.metrics
             if metrics:
-                per_class = [[name, round(accuracy * 100, 2)] for name, accuracy in
+                per_class = [[text(name), round(float(accuracy) * 100, 2)] for name, accuracy in
                              metrics["test"]["per_class_accuracy"].items()]
                 gr.Dataframe(per_class, headers=["class", "test accuracy (%)"], label="Per-class accuracy",
                              interactive=False)
             for file, title in (("curves.png", "Loss and accuracy per epoch"), ("confusion_matrix.png", "Confusion matrix"),
                                 ("reliability.png", "Reliability: accuracy vs confidence, before and after calibration")):
-                if (loaded.folder / file).is_file():
-                    gr.Image(str(loaded.folder / file), label=title, interactive=False)
-        study = load_study(loaded.study_folder)
-        if study and study["rows"]:
-            served = loaded.folder.relative_to(loaded.study_folder) if loaded.folder.is_relative_to(
-                loaded.study_folder) else model_name
-            summary = summarize(study["rows"])  # from the rows, so the tab matches them whatever wrote study.json
-            with gr.Tab("Study"):
-                gr.Markdown(study_markdown(study, summary, str(served)))
-                gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size",
-                             interactive=False)
-                for file, title in PLOTS.items():
-                    if (loaded.study_folder / file).is_file():
-                        gr.Image(str(loaded.study_folder / file), label=title, interactive=False,
-                                 elem_classes="study-plot")
+                if file in loaded.plots:
+                    gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")
+        add_study_tab(loaded)
+    demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
     return demo
+
+
+def add_study_tab(loaded: LoadedModel) -> None:
+    """The Study tab, when the model comes with a study whose study.json can be shown."""
+    study = load_study(loaded.study_folder)
+    if not study or not study["rows"]:
+        return
+    served = loaded.folder.relative_to(loaded.study_folder) if loaded.folder.is_relative_to(
+        loaded.study_folder) else loaded.name
+    summary = summarize(study["rows"])  # from the rows, so the tab matches them whatever wrote study.json
+    plots = public_plots(loaded.study_folder, PLOTS, "the study")
+    with gr.Tab("Study"):
+        gr.Markdown(study_markdown(study, summary, str(served)))
+        gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size",
+                     interactive=False)
+        for file, title in PLOTS.items():
+            if file in plots:
+                gr.Image(plots[file], label=title, interactive=False, type="pil", format="png",
+                         elem_classes="study-plot")

@@ -483,13 +483,14 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None, decoded
     test["best_epoch"] = best["epoch"]
     trained_images = len(splits.train) * len(history)
     training_seconds = sum(entry["seconds"] for entry in history)
+    published = settings.published()
     metrics = {
         "history": history,
         "test": test,
-        "settings": settings.published(),
+        "settings": published,
         "model": {"architecture": model.pretrained_cfg.get("architecture", settings.model),
                   "base_model": base_model_id(model, settings),
-                  "pretrained_file": settings.published()["pretrained_file"]},
+                  "pretrained_file": published["pretrained_file"]},
         "calibration": calibration,
         "flip_tta": flip_tta,
         "preprocessing": preprocessing.to_dict(),

@@ -15,6 +15,7 @@ from tl_space import markdown
 from tl_space.errors import UserError
 from tl_space.hub import load_model_folder
 from tl_space.inference import MAX_IMAGE_PIXELS
+from tl_space.memory import bound_native_memory
 from tl_space.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
 
 ROOT = Path(__file__).resolve().parent
@@ -31,6 +32,7 @@ def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.
     if not model_id:
         model_id = str(DEFAULT_MODEL)
         study_id = study_id or (str(DEFAULT_STUDY) if (DEFAULT_STUDY / "study.json").is_file() else None)
+    bound_native_memory()  # before the threads that serve requests exist
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Gradio decodes uploads with PIL too: same bound there
     log = logging.getLogger("tl_space.app")
     try:

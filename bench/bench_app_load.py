@@ -7,12 +7,18 @@ First one client alone makes every distinct call once (the baseline, same run): 
 images (a 32x32 PNG up to a 1024x768 JPEG and the examples), /feature_maps on a few, /filter_mistakes per class.
 Then --clients clients, each with its own connection, make --requests calls each at once, cycling through the same
 calls from different offsets; an answer that differs from the baseline's (probabilities by 1e-5, image pixels by 2
-levels) counts as wrong. The app's resident memory is read from /proc after the baseline, half-way and at the end.
+levels) counts as wrong. The app's resident memory is read from /proc after the baseline, at each quarter of the load and
+at the end.
+
+With --allocator both (the default) the whole load runs twice, in two fresh app processes: first with glibc's default
+allocator settings (MALLOC_ARENA_MAX set to glibc's own default, 8 per core, which makes the app leave the allocator
+alone), then with the app's own (tl_space/memory.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -71,20 +77,11 @@ def visitor(url: str, calls: list, expected: list, requests: int, offset: int, d
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "model"), help="model folder or Hub id (MODEL_ID)")
-    parser.add_argument("--pretrained-file", default=str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else None,
-                        help="PRETRAINED_FILE for the feature maps' backbone (default: ../shared's lite0 weights)")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=20, help="requests per client")
-    parser.add_argument("--time-limit", type=float, default=900, help="seconds; requests not sent by then count as failed")
-    args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-app-load-"))
-    inputs = make_inputs(workdir)
-    images = [inputs["32x32"], inputs["1024x768"], *sorted((ROOT / "examples").glob("*.png"))]
-    calls = planned_calls(images, load_model_folder(args.model).label_names)
-    env = {"PRETRAINED_FILE": args.pretrained_file} if args.pretrained_file else {}
+ALLOCATORS = {"default": {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}, "bounded": {}}
+
+
+def load_round(args, calls: list, workdir: Path, env: dict) -> tuple[list, dict, dict, float]:
+    """One app process under the whole load: (results, alone latencies, memory by moment, wall seconds)."""
     with running_app(args.model, workdir, env=env) as (url, process):
         from gradio_client import Client
 
@@ -97,11 +94,12 @@ def main() -> None:
         memory["after the baseline"] = resident_memory_mb(process.pid)
         total, sent, lock = args.clients * args.requests, {"count": 0}, threading.Lock()
 
-        def count_request() -> None:  # memory half-way through the load
+        def count_request() -> None:  # memory at each quarter of the load
             with lock:
                 sent["count"] += 1
-                if sent["count"] == total // 2:
-                    memory["half-way"] = resident_memory_mb(process.pid)
+                for quarter in (1, 2, 3):
+                    if sent["count"] == total * quarter // 4:
+                        memory[f"{quarter}/4 of the load"] = resident_memory_mb(process.pid)
 
         deadline = time.monotonic() + args.time_limit
         started = time.perf_counter()
@@ -111,8 +109,43 @@ def main() -> None:
                 range(args.clients)) for result in visitor_results]
         wall = time.perf_counter() - started
         memory["end"] = resident_memory_mb(process.pid)
-    print(f"model: {args.model}   {args.clients} clients x {args.requests} requests, mixed endpoints, loopback; "
-          f"{len(results) / wall:.1f} requests/s\n")
+    return results, alone, memory, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "model"), help="model folder or Hub id (MODEL_ID)")
+    parser.add_argument("--pretrained-file", default=str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else None,
+                        help="PRETRAINED_FILE for the feature maps' backbone (default: ../shared's lite0 weights)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=20, help="requests per client")
+    parser.add_argument("--time-limit", type=float, default=900, help="seconds; requests not sent by then count as failed")
+    parser.add_argument("--allocator", choices=("both", *ALLOCATORS), default="both",
+                        help="default: glibc's settings; bounded: the app's; both: one round each, default first")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-app-load-"))
+    inputs = make_inputs(workdir)
+    images = [inputs["32x32"], inputs["1024x768"], *sorted((ROOT / "examples").glob("*.png"))]
+    calls = planned_calls(images, load_model_folder(args.model).label_names)
+    env = {"PRETRAINED_FILE": args.pretrained_file} if args.pretrained_file else {}
+    memories = {}
+    for allocator in ALLOCATORS if args.allocator == "both" else [args.allocator]:
+        results, alone, memory, wall = load_round(args, calls, workdir, {**env, **ALLOCATORS[allocator]})
+        memories[allocator] = memory
+        print(f"## allocator: {allocator}\n\nmodel: {args.model}   {args.clients} clients x {args.requests} requests, "
+              f"mixed endpoints, loopback; {len(results) / wall:.1f} requests/s\n")
+        print_latencies(calls, results, alone)
+        for error in sorted({outcome for _, _, outcome in results if outcome not in ("ok", "wrong")})[:10]:
+            print("error:", error)
+        print()
+    print("| app memory (RSS, MB) | " + " | ".join(memories) + " |\n|---|" + "---|" * len(memories))
+    for moment in next(iter(memories.values())):
+        print(f"| {moment} | " + " | ".join(f"{memory[moment]:.0f}" for memory in memories.values()) + " |")
+    print("| growth over the second half of the load | " + " | ".join(
+        f"{memory['end'] - memory['2/4 of the load']:+.0f}" for memory in memories.values()) + " |")
+
+
+def print_latencies(calls: list, results: list, alone: dict) -> None:
     print("| endpoint | alone p50 ms | answered | failed | wrong | p50 ms | p95 ms | p50 / alone p50 |")
     print("|---|---|---|---|---|---|---|---|")
     for endpoint in dict.fromkeys(endpoint for endpoint, _ in calls):
@@ -124,13 +157,6 @@ def main() -> None:
         row = (f"{statistics.median(latencies):.0f} | {percentile(latencies, 0.95):.0f} | "
                f"{statistics.median(latencies) / alone_p50:.1f}x" if latencies else "- | - | -")
         print(f"| {endpoint} | {alone_p50:.0f} | {len(latencies)} | {failed} | {wrong} | {row} |")
-    print("\n| app memory (RSS) | MB |\n|---|---|")
-    for moment, value in memory.items():
-        print(f"| {moment} | {value:.0f} |")
-    growth = memory["end"] - memory.get("half-way", memory["after the baseline"])
-    print(f"\ngrowth over the second half of the load: {growth:+.0f} MB")
-    for error in sorted({outcome for _, _, outcome in results if outcome not in ("ok", "wrong")})[:10]:
-        print("error:", error)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,9 +89,27 @@ def filter_mistakes(loaded: LoadedModel, true_label: str, predicted_label: str) 
             if true_label in (ALL, record["true_label"]) and predicted_label in (ALL, record["predicted_label"])]
 
 
-def gallery_items(loaded: LoadedModel, indices: list[int]) -> list[tuple[Image.Image, str]]:
-    """The mistakes' images as decoded copies: never a path into the model folder."""
-    return [(loaded.mistake_images[index], caption(loaded.misclassified[index])) for index in indices]
+def png_copies(images: list[Image.Image]) -> list[str]:
+    """Each image written once as a PNG into a temp folder of this process, removed at exit.
+
+    The gallery serves these files, which Gradio copies into its cache under a staging name. Given PIL images, Gradio
+    would re-encode and rewrite the same cache file in place on every request, and a visitor fetching it meanwhile
+    could get it half-written (bench/bench_app_load.py saw one such answer in 640 mixed requests).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="tl-space-public-"))
+    atexit.register(shutil.rmtree, folder, True)
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"{index:03d}.png"
+        image.save(path, format="PNG")
+        paths.append(str(path))
+    return paths
+
+
+def gallery_items(loaded: LoadedModel, files: list[str], indices: list[int]) -> list[tuple[str, str]]:
+    """The mistakes' images as our own decoded copies (files[i] of loaded.mistake_images[i]): never a path into the
+    model folder."""
+    return [(files[index], caption(loaded.misclassified[index])) for index in indices]
 
 
 def top5_of(record: dict) -> dict[str, float]:
@@ -237,9 +258,10 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
                 true_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="True class")
                 predicted_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="Predicted class")
             everything = list(range(len(loaded.misclassified)))
+            mistake_files = png_copies(loaded.mistake_images)
             shown = gr.State(everything)  # indices into loaded.misclassified, in gallery order
             with gr.Row():
-                gallery = gr.Gallery(gallery_items(loaded, everything), label="Misclassified test images",
+                gallery = gr.Gallery(gallery_items(loaded, mistake_files, everything), label="Misclassified test images",
                                      columns=8, height=480, object_fit="contain", allow_preview=True, scale=3,
                                      format="png", elem_id="mistakes-gallery")
                 with gr.Column(scale=1):
@@ -249,7 +271,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
 
             def refilter(true_label: str, predicted_label: str):
                 indices = filter_mistakes(loaded, true_label, predicted_label)
-                return gallery_items(loaded, indices), indices, None, None
+                return gallery_items(loaded, mistake_files, indices), indices, None, None
 
             gr.on([true_filter.change, predicted_filter.change], refilter, inputs=[true_filter, predicted_filter],
                   outputs=[gallery, shown, selected, mistake_cams], api_name="filter_mistakes")

@@ -11,12 +11,12 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from tl_space import markdown
+from tl_space.app import markdown
+from tl_space.app.memory import bound_native_memory
+from tl_space.app.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
 from tl_space.errors import UserError
-from tl_space.hub import load_model_folder
-from tl_space.inference import MAX_IMAGE_PIXELS
-from tl_space.memory import bound_native_memory
-from tl_space.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
+from tl_space.folder.read import load_model_folder
+from tl_space.images import MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "model"

@@ -2,13 +2,10 @@
 
 import sys
 
-from tl_space.errors import UserError
+from tl_space.errors import exit_code
 from tl_space.settings import parse_settings
 from tl_space.training import run
 
 if __name__ == "__main__":
-    try:
-        run(parse_settings())
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    settings = parse_settings()
+    sys.exit(exit_code(lambda: run(settings)))

@@ -22,9 +22,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tl_space.hub import load_model_folder  # noqa: E402
-from tl_space.inference import class_probabilities, open_image  # noqa: E402
-from tl_space.local_app import running_app  # noqa: E402
+from tl_space.folder.read import load_model_folder  # noqa: E402
+from tl_space.app.inference import class_probabilities  # noqa: E402
+from tl_space.images import open_image  # noqa: E402
+from tl_space.app.local_app import running_app  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:

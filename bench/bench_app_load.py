@@ -12,7 +12,7 @@ at the end.
 
 With --allocator both (the default) the whole load runs twice, in two fresh app processes: first with glibc's default
 allocator settings (MALLOC_ARENA_MAX set to glibc's own default, 8 per core, which makes the app leave the allocator
-alone), then with the app's own (tl_space/memory.py).
+alone), then with the app's own (tl_space/app/memory.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_app import make_inputs, percentile  # noqa: E402
-from tl_space.hub import load_model_folder  # noqa: E402
-from tl_space.local_app import answer_values, resident_memory_mb, running_app, same_answer  # noqa: E402
+from tl_space.folder.read import load_model_folder  # noqa: E402
+from tl_space.app.local_app import answer_values, resident_memory_mb, running_app, same_answer  # noqa: E402
 
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 

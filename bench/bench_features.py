@@ -5,7 +5,7 @@
 Plain: NCHW float batches of 128, bilinear upscale with F.interpolate, torch.no_grad, the model as timm builds it.
 Ours, step by step: uint8 batches made into channels_last input by tl_space.transforms.to_model_input under
 torch.inference_mode with the model in channels_last, in batches of 128; then in batches of 32 (train.py's default
-on a CPU); then compiled (tl_space.training.feature_extractor, what train.py runs on a CPU for 10,000 images or more).
+on a CPU); then compiled (tl_space.training.features.feature_extractor, what train.py runs on a CPU for 10,000 images or more).
 All run in this process, interleaved, on real CIFAR-10 test images with the lite0 ImageNet weights from ../shared;
 ratios of medians are the figures to quote (this machine's speed drifts 2-3x between runs).
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tl_space import data  # noqa: E402
 from tl_space.model import pooled_features  # noqa: E402
 from tl_space.settings import CPU_EVAL_BATCH_SIZE  # noqa: E402
-from tl_space.training import feature_extractor  # noqa: E402
+from tl_space.training.features import feature_extractor  # noqa: E402
 from tl_space.transforms import preprocessing_for, to_model_input  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

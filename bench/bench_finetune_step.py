@@ -10,7 +10,7 @@ normalisation, interleaved in this process so the machine's drift hits both alik
   per-image transforms and a DataLoader with a worker process per core (8 at most) collates the batches; the
   model in NCHW.
 - ours: what train.py runs. Images decoded once into a uint8 tensor; augmentation, resize and normalisation are
-  batched tensor ops (tl_space.training.image_inputs); the model in channels_last.
+  batched tensor ops (tl_space.training.batches.image_inputs); the model in channels_last.
 "data %" is the share of the step's wall time spent waiting for the batch (on a GPU: until its tensors are ready).
 
 A second table says what bounds our step: its FLOP/s (3x the forward pass's FLOPs, counted by
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tl_space import data  # noqa: E402
-from tl_space.training import image_inputs  # noqa: E402
+from tl_space.training.batches import image_inputs  # noqa: E402
 from tl_space.transforms import preprocessing_for  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

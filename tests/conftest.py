@@ -72,7 +72,7 @@ def study_arguments(dataset: Path, weights: Path, output_dir: Path, *extra: str)
 
 @pytest.fixture(scope="session")
 def tiny_study(tiny_dataset, pretrained_file, tmp_path_factory) -> Path:
-    from tl_space.study import main
+    from tl_space.study.run import main
 
     folder = tmp_path_factory.mktemp("study") / "colours"
     assert main(study_arguments(tiny_dataset, pretrained_file, folder)) == 0

@@ -13,7 +13,6 @@ from conftest import CLASS_NAMES, make_dataset_folder
 THREE_CLASSES = ["red", "green", "blue"]
 from tl_space import data
 from tl_space.errors import UserError
-from tl_space.settings import TrainSettings
 
 
 def test_open_dataset_finds_columns_and_class_names(tiny_dataset):
@@ -181,7 +180,7 @@ def test_too_many_shots_names_the_class_and_the_limit():
                         train_fraction=None, max_train_samples=None, max_eval_samples=None, seed=0)
 
 
-def test_decode_splits_rejects_unlabelled_rows(tmp_path):
+def test_decoding_rejects_unlabelled_rows(tmp_path):
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
     pixels = [Image.fromarray(np.zeros((4, 4, 3), np.uint8))] * 4
     dataset_dict = datasets.DatasetDict({
@@ -189,4 +188,4 @@ def test_decode_splits_rejects_unlabelled_rows(tmp_path):
         "test": datasets.Dataset.from_dict({"img": pixels, "label": [-1, -1, -1, -1]}, features=features),
     })
     with pytest.raises(UserError, match="labels outside 0..1"):
-        data.decode_splits(dataset_dict, "img", "label", ["a", "b"], 4, TrainSettings(val_size=2))
+        data.decode_dataset(dataset_dict, "train", "test", "img", "label", ["a", "b"], 4)

@@ -9,8 +9,9 @@ import torch
 from huggingface_hub import HfApi
 
 from conftest import CLASS_NAMES
-from test_training import tiny_settings
+from test_training_run import tiny_settings
 from tl_space import hub
+from tl_space.folder.read import load_model_folder
 from tl_space.errors import UserError
 from tl_space.training import run
 from tl_space.transforms import to_model_input
@@ -146,8 +147,8 @@ def test_loading_from_a_folder_and_from_the_hub_cache_gives_identical_prediction
     _hub_cache_copy(folder, cache, "me/tiny-colours")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    local = hub.load_model_folder(str(folder))
-    cached = hub.load_model_folder("me/tiny-colours")
+    local = load_model_folder(str(folder))
+    cached = load_model_folder("me/tiny-colours")
     assert cached.folder.is_relative_to(cache)
     assert local.label_names == cached.label_names == CLASS_NAMES
     assert local.preprocessing == cached.preprocessing and local.preprocessing.image_size == 32
@@ -164,4 +165,4 @@ def test_unreachable_model_id_names_the_id(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="model 'nobody/nothing' is neither a local model folder nor a Hub repo"):
-        hub.load_model_folder("nobody/nothing")
+        load_model_folder("nobody/nothing")

@@ -5,6 +5,7 @@ import timm
 import torch
 
 from tl_space import model as model_module
+from tl_space.strategies import STRATEGIES
 from tl_space.errors import UserError
 
 
@@ -14,7 +15,7 @@ def resnet():
 
 
 def _trainable_names(model, strategy, stages=1):
-    trainable = {id(p) for p in model_module.trainable_parameters(model, strategy, stages)}
+    trainable = {id(p) for p in model_module.trainable_parameters(model, STRATEGIES[strategy].trains, stages)}
     return {name.split(".")[0] for name, p in model.named_parameters() if id(p) in trainable}
 
 
@@ -30,7 +31,7 @@ def test_partial_trains_the_last_stages_and_head(resnet):
 def test_partial_on_efficientnet_includes_blocks_after_the_boundary():
     model = timm.create_model("test_efficientnet", num_classes=3)
     stages = model_module.stage_names(model)
-    trainable = {id(p) for p in model_module.trainable_parameters(model, "partial", 1)}
+    trainable = {id(p) for p in model_module.trainable_parameters(model, STRATEGIES["partial"].trains, 1)}
     names = {name for name, p in model.named_parameters() if id(p) in trainable}
     boundary = stages[-2]
     assert not any(name.startswith(boundary + ".") for name in names)
@@ -40,11 +41,11 @@ def test_partial_on_efficientnet_includes_blocks_after_the_boundary():
 
 def test_partial_with_too_many_stages_says_how_many_there_are(resnet):
     with pytest.raises(UserError, match=r"--unfreeze-stages 9 must be between 1 and 5"):
-        model_module.trainable_parameters(resnet, "partial", 9)
+        model_module.trainable_parameters(resnet, STRATEGIES["partial"].trains, 9)
 
 
 def test_frozen_batchnorm_keeps_its_statistics(resnet):
-    count = model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, "linear-probe"))
+    count = model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, STRATEGIES["linear-probe"].trains))
     assert count == sum(p.numel() for p in resnet.fc.parameters())
     model_module.train_mode(resnet)
     before = resnet.bn1.running_mean.clone()
@@ -54,7 +55,7 @@ def test_frozen_batchnorm_keeps_its_statistics(resnet):
 
 
 def test_fine_tuning_can_keep_the_pretrained_batchnorm_statistics(resnet):
-    model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, "finetune"))
+    model_module.freeze_all_but(resnet, model_module.trainable_parameters(resnet, STRATEGIES["finetune"].trains))
     batch = torch.randn(4, 3, 32, 32) * 5 + 3
     model_module.train_mode(resnet, keep_batchnorm_statistics=True)
     before = resnet.bn1.running_mean.clone()

@@ -67,11 +67,11 @@ def previous_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.previous")
 
 
-def replace_folder(staging: Path, target: Path) -> Path:
+def replace_folder(staging: Path, target: Path, previous: Path | None = None) -> Path:
     """Swap a fully written staging folder in for target. A kill between the two renames leaves the old target
-    at previous_path(target), which recover_folder puts back."""
+    at previous (default previous_path(target)), which recover_folder puts back."""
     fsync_tree(staging)
-    previous = previous_path(target)
+    previous = previous or previous_path(target)
     if target.exists():
         shutil.rmtree(previous, ignore_errors=True)
         target.rename(previous)

@@ -6,9 +6,8 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import datasets
 import numpy as np
@@ -17,9 +16,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from tl_space import disk_cache
+from tl_space import caches
 from tl_space.errors import UserError
-from tl_space.settings import TrainSettings
 
 IMAGE_COLUMN_NAMES = ("img", "image", "images", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "coarse_label", "class")
@@ -41,6 +39,50 @@ class LabelledImages:
     def subset(self, indices: torch.Tensor) -> "LabelledImages":
         features = None if self.features is None else self.features[indices.to(self.features.device)]
         return LabelledImages(self.images[indices], self.labels[indices], features)
+
+
+@dataclass
+class DecodedData:
+    """A dataset's train and test splits decoded once, before any hold-out or subset is taken."""
+
+    train: LabelledImages
+    test: LabelledImages
+    class_names: list[str]
+    image_column: str
+    label_column: str
+
+
+@dataclass(frozen=True)
+class DecodedKey:
+    """What decoded data depends on: where it came from, which splits and columns, and the size images were fitted to."""
+
+    dataset: str
+    train_split: str
+    test_split: str
+    image_column: str | None
+    label_column: str | None
+    image_size: int
+
+
+@dataclass
+class DecodedDataStore:
+    """Decoded data kept in memory for later runs of the same process (the runs of a study)."""
+
+    kept: dict[DecodedKey, DecodedData] = field(default_factory=dict)
+
+    def get(self, key: DecodedKey) -> DecodedData | None:
+        """A copy of what was kept (no features: those belong to one run's model), or None."""
+        found = self.kept.get(key)
+        if found is None:
+            return None
+        return DecodedData(LabelledImages(found.train.images, found.train.labels),
+                           LabelledImages(found.test.images, found.test.labels),
+                           found.class_names, found.image_column, found.label_column)
+
+    def put(self, key: DecodedKey, decoded: DecodedData) -> None:
+        self.kept[key] = DecodedData(LabelledImages(decoded.train.images, decoded.train.labels),
+                                     LabelledImages(decoded.test.images, decoded.test.labels),
+                                     decoded.class_names, decoded.image_column, decoded.label_column)
 
 
 @dataclass
@@ -153,13 +195,13 @@ def decode_images(split: datasets.Dataset, image_column: str, label_column: str,
     stored = stored_images_key(split, image_column, label_column)
     native_key, fitted_key = f"{stored}-native", f"{stored}-fitted-{size}"
     for key in (native_key, fitted_key):
-        tensors = disk_cache.load(cache_dir, key)
+        tensors = caches.load(cache_dir, key)
         if tensors is not None:
             if progress:
                 tqdm.write(f"read {len(tensors['labels'])} decoded images from {cache_dir}")
             return LabelledImages(tensors["images"], tensors["labels"])
     decoded, fitted = _decode_split(split, image_column, label_column, size, progress)
-    disk_cache.store(cache_dir, fitted_key if fitted else native_key, {"images": decoded.images, "labels": decoded.labels})
+    caches.store(cache_dir, fitted_key if fitted else native_key, {"images": decoded.images, "labels": decoded.labels})
     return decoded
 
 
@@ -289,39 +331,14 @@ def open_dataset(dataset: str, image_column: str | None = None, label_column: st
     return dataset_dict, image_column, label_column, class_names_of(dataset_dict[train_split], label_column)
 
 
-def decode_splits(dataset_dict: datasets.DatasetDict, image_column: str, label_column: str, class_names: list[str],
-                  image_size: int, settings: TrainSettings, progress: bool = False,
-                  features_of: Callable[[LabelledImages], torch.Tensor] | None = None,
-                  decoded: dict | None = None) -> DataSplits:
-    """Decode train and test once, then make the seeded val hold-out and few-shot subsets from settings.
-
-    features_of, when given, computes features of the whole decoded train and test splits before any subset is
-    taken: one pass (or one cache entry) then serves every hold-out and few-shot subset.
-    decoded, when given, keeps the decoded splits for later calls on the same data (the runs of a study).
-    """
-    key = (settings.dataset, settings.train_split, settings.test_split, image_column, label_column, image_size)
-    if decoded is not None and key in decoded:
-        train, test = (LabelledImages(split.images, split.labels) for split in decoded[key])
-    else:
-        cache_dir = disk_cache.cache_folder(settings.cache_dir, "images")
-        train, test = (decode_images(dataset_dict[split_name], image_column, label_column, image_size, progress, cache_dir)
-                       for split_name in (settings.train_split, settings.test_split))
-        for split_name, split in ((settings.train_split, train), (settings.test_split, test)):
-            if split.labels.min() < 0 or split.labels.max() >= len(class_names):
-                raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled "
-                                "rows?); pick labelled splits with --train-split / --test-split")
-        if decoded is not None:  # copies: the features set below belong to this run's model only
-            decoded[key] = (LabelledImages(train.images, train.labels), LabelledImages(test.images, test.labels))
-    # Quick runs (size caps) compute features of the few images they use; others, of whole splits, once.
-    capped = settings.max_train_samples is not None or settings.max_eval_samples is not None
-    if features_of is not None and not capped:
-        train.features, test.features = features_of(train), features_of(test)
-    train, val, test = split_data(train, test, class_names, val_size=settings.val_size,
-                                  shots_per_class=settings.shots_per_class, train_fraction=settings.train_fraction,
-                                  max_train_samples=settings.max_train_samples,
-                                  max_eval_samples=settings.max_eval_samples, seed=settings.seed,
-                                  split_seed=settings.split_seed)
-    if features_of is not None and capped:
-        for split in (train, val, test):
-            split.features = features_of(split)
-    return DataSplits(train, val, test, class_names, image_column, label_column)
+def decode_dataset(dataset_dict: datasets.DatasetDict, train_split: str, test_split: str, image_column: str,
+                   label_column: str, class_names: list[str], image_size: int, cache_folder: Path | None = None,
+                   progress: bool = False) -> DecodedData:
+    """Decode the train and test splits once (or read them from cache_folder), their labels checked."""
+    train, test = (decode_images(dataset_dict[split_name], image_column, label_column, image_size, progress, cache_folder)
+                   for split_name in (train_split, test_split))
+    for split_name, split in ((train_split, train), (test_split, test)):
+        if split.labels.min() < 0 or split.labels.max() >= len(class_names):
+            raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled "
+                            "rows?); pick labelled splits with --train-split / --test-split")
+    return DecodedData(train, test, class_names, image_column, label_column)

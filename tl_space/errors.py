@@ -1,4 +1,9 @@
-"""The one exception type for mistakes a user can fix."""
+"""The one exception type for mistakes a user can fix, and how command-line entry points report it."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -6,3 +11,13 @@ class UserError(Exception):
 
     Entry points print it without a traceback and exit with status 2.
     """
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command-line entry point: 0 when it finishes, 2 after printing a UserError as one line on stderr."""
+    try:
+        command()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

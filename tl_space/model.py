@@ -90,14 +90,14 @@ def parameters_after(model: nn.Module, boundary: str) -> list[nn.Parameter]:
     return [parameter for name in downstream for parameter in modules[name].parameters(recurse=False)]
 
 
-def trainable_parameters(model: nn.Module, strategy: str, unfreeze_stages: int = 1) -> list[nn.Parameter]:
-    """The parameters a strategy trains: the head alone, the last stages and head, or everything."""
-    if strategy in ("scratch", "finetune", "lp-ft"):
+def trainable_parameters(model: nn.Module, trains: str, unfreeze_stages: int = 1) -> list[nn.Parameter]:
+    """The parameters a strategy trains (Strategy.trains): the "head" alone, the "last stages" and head, or "all"."""
+    if trains == "all":
         return list(model.parameters())
-    if strategy == "linear-probe":
+    if trains == "head":
         return classifier_parameters(model)
-    if strategy != "partial":
-        raise ValueError(f"unknown strategy {strategy!r}")
+    if trains != "last stages":
+        raise ValueError(f"unknown part to train {trains!r}")
     stages = stage_names(model)
     if not stages:
         raise UserError(f"--strategy partial needs a model whose stages timm lists (feature_info); "

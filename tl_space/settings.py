@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tl_space import strategies
+from tl_space.caches import default_cache_dir
 from tl_space.errors import UserError
 
-STRATEGIES = ("scratch", "linear-probe", "partial", "finetune", "lp-ft")
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 COMPILE_CHOICES = ("auto", "yes", "no")
 FLIP_TTA_CHOICES = ("auto", "off")
@@ -20,24 +20,6 @@ BATCHNORM_CHOICES = ("auto", "pretrained", "batch")
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
 COMPILE_MIN_IMAGES = 10_000
-
-# Head-only training tolerates (and needs) a larger step than updating a pretrained backbone.
-HEAD_LR = 1e-3
-BACKBONE_LR = {"scratch": 1e-3, "partial": 3e-4, "finetune": 1e-4, "lp-ft": 1e-4}
-
-
-def keeps_batchnorm_statistics(batchnorm: str, strategy: str) -> bool:
-    """Whether BatchNorm layers normalise with their pretrained running statistics while training (--batchnorm)."""
-    if strategy == "linear-probe":
-        return True  # a frozen backbone keeps them whatever --batchnorm says
-    if batchnorm == "auto":
-        return strategy != "scratch"  # a random network's statistics mean nothing
-    return batchnorm == "pretrained"
-
-
-def default_cache_dir() -> str:
-    """$XDG_CACHE_HOME/tl-space, or ~/.cache/tl-space where it is unset."""
-    return str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "tl-space")
 
 
 def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
@@ -54,8 +36,10 @@ def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
     return None
 
 
-def option(default, help: str, **argparse_kwargs):
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+def option(default, help: str, run: bool = True, **argparse_kwargs):
+    """A settings field with its --help text; run=False for an option that says where or how a run reports or is
+    published, not what it computes (a rerun that differs only there is the same run)."""
+    return field(default=default, metadata={"help": help, "run": run, **argparse_kwargs})
 
 
 @dataclass
@@ -64,30 +48,32 @@ class TrainSettings:
 
     dataset: str = option("uoft-cs/cifar10", "Hub dataset id, or a local folder in the same layout (parquet files or save_to_disk)")
     dataset_id: str | None = option(None, "Hub id of the dataset a local --dataset folder copies (e.g. uoft-cs/cifar10), "
-                                     "named in the model folder and card instead of the local folder's name")
+                                     "named in the model folder and card instead of the local folder's name", run=False)
     image_column: str | None = option(None, "image column; if unset, found from the features (img, image, ...)")
     label_column: str | None = option(None, "label column; if unset, found from the features (label, fine_label, ...)")
     train_split: str = option("train", "split to train (and hold validation images out of)")
     test_split: str = option("test", "split evaluated once, at the end")
     model: str = option("resnet18.a1_in1k", "any timm model name; its ImageNet weights come from the Hub unless --pretrained-file")
     pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
-    strategy: str = option("finetune", "what is trained", choices=STRATEGIES)
+    strategy: str = option("finetune", "what is trained: " + "; ".join(
+        f"{s.name}: {s.description}" for s in strategies.STRATEGIES.values()), choices=strategies.NAMES)
     unfreeze_stages: int = option(1, "with --strategy partial: how many of the last stages train, besides the head")
     epochs: int = option(5, "training epochs (for lp-ft: of the fine-tuning stage)")
     probe_epochs: int = option(10, "with --strategy lp-ft: epochs of the linear-probe stage")
     batch_size: int = option(128, "images per batch and process")
     eval_batch_size: int | None = option(None, "images per batch for features and evaluation; if unset, "
-                                          f"{CPU_EVAL_BATCH_SIZE} on a CPU (small batches stay in its caches), --batch-size on a GPU")
+                                          f"{CPU_EVAL_BATCH_SIZE} on a CPU (small batches stay in its caches), --batch-size on a GPU", run=False)
     compile: str = option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
                            f"for at least {COMPILE_MIN_IMAGES} images, where it pays for its start-up",
-                           choices=COMPILE_CHOICES)
+                           choices=COMPILE_CHOICES, run=False)
     batchnorm: str = option("auto", "BatchNorm while training: pretrained: normalise with the backbone's ImageNet "
                              "statistics, kept fixed (scale and shift still train), so the features a probe head "
                              "learned stay put when fine-tuning starts; batch: by each batch's statistics, updating "
                              "the running ones (PyTorch's train mode); auto: batch for scratch, else pretrained",
                              choices=BATCHNORM_CHOICES)
-    lr: float | None = option(None, f"peak learning rate of AdamW; if unset, {HEAD_LR} for linear-probe (and the lp-ft probe stage), "
-                               + ", ".join(f"{lr} for {name}" for name, lr in BACKBONE_LR.items()))
+    lr: float | None = option(None, "peak learning rate of AdamW (for lp-ft: of the fine-tuning stage); if unset, "
+                               + ", ".join(f"{s.lr} for {s.name}" for s in strategies.STRATEGIES.values())
+                               + f" ({strategies.HEAD_LR} for lp-ft's probe stage)")
     weight_decay: float = option(0.05, "AdamW weight decay")
     image_size: int | None = option(None, "side of the square input the model sees; if unset, the model's pretrained size")
     max_train_minutes: float | None = option(None, "time budget: stop training after this many minutes (validation "
@@ -106,21 +92,21 @@ class TrainSettings:
     max_eval_samples: int | None = option(None, "quick runs: use at most this many validation and test images each")
     flip_tta: str = option("auto", "after training, measure flip test-time augmentation on the test split (reported "
                                    "separately) and let the app use it where it gained at least half a point; "
-                                   "off: skip it (saves a pass over the test split)", choices=FLIP_TTA_CHOICES)
+                                   "off: skip it (saves a pass over the test split)", choices=FLIP_TTA_CHOICES, run=False)
     max_misclassified: int = option(64, "most confident test mistakes saved to misclassified/")
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
-    report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all")
+    report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all", run=False)
     cache_dir: str = option(default_cache_dir(), "where reruns find what earlier runs computed: the decoded images "
                                                   "(images/) and, for linear-probe and lp-ft, the frozen backbone's "
-                                                  "features (features/); none: off")
-    output_dir: str = option("runs/cifar10", "where the model folder is written")
-    overwrite: bool = option(False, "replace an --output-dir that holds a different run")
-    resume: bool = option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)")
+                                                  "features (features/); none: off", run=False)
+    output_dir: str = option("runs/cifar10", "where the model folder is written", run=False)
+    overwrite: bool = option(False, "replace an --output-dir that holds a different run", run=False)
+    resume: bool = option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)", run=False)
     push_to_hub: bool = option(False, "upload the model folder to the Hugging Face Hub after training "
-                                       "(the token is checked before training starts)")
-    hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to")
-    private: bool = option(False, "with --push-to-hub: create the repo private")
+                                       "(the token is checked before training starts)", run=False)
+    hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to", run=False)
+    private: bool = option(False, "with --push-to-hub: create the repo private", run=False)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,6 +126,11 @@ class TrainSettings:
         return values
 
 
+# The settings that change what a run computes; the others say where or how it reports.
+RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.metadata["run"])
+REPORTING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if not f.metadata["run"])
+
+
 def _argument_type(annotation: str):
     """The callable argparse converts a value with, from the field's (string) annotation."""
     for name, convert in (("int", int), ("float", float)):
@@ -154,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type, exclude
         if settings_field.name in exclude or "help" not in settings_field.metadata:
             continue
         flag = "--" + settings_field.name.replace("_", "-")
-        extra = {k: v for k, v in settings_field.metadata.items() if k != "help"}
+        extra = {k: v for k, v in settings_field.metadata.items() if k not in ("help", "run")}
         if settings_field.type == "bool":
             parser.add_argument(flag, action="store_true", help=settings_field.metadata["help"])
             continue
@@ -181,8 +172,8 @@ def parse_settings(argv: typing.Sequence[str] | None = None) -> TrainSettings:
 
 def check_settings(settings: TrainSettings) -> None:
     """Stop before any work on a value that can never be right, naming it and what is accepted."""
-    if settings.strategy not in STRATEGIES:
-        raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if settings.strategy not in strategies.NAMES:
+        raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(strategies.NAMES)}")
     if settings.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise UserError(f"--mixed-precision {settings.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
     if settings.flip_tta not in FLIP_TTA_CHOICES:
@@ -195,7 +186,8 @@ def check_settings(settings: TrainSettings) -> None:
         value = getattr(settings, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} {value} must be greater than 0")
-    if settings.strategy == "lp-ft" and settings.probe_epochs <= 0:
+    chosen = strategies.STRATEGIES[settings.strategy]
+    if chosen.probe_first and not chosen.frozen_backbone and settings.probe_epochs <= 0:
         raise UserError(f"--probe-epochs {settings.probe_epochs} must be greater than 0 with --strategy lp-ft")
     if settings.train_fraction is not None and not 0 < settings.train_fraction <= 1:
         raise UserError(f"--train-fraction {settings.train_fraction} must be in (0, 1], e.g. 0.1 for 10%")

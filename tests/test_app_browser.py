@@ -1,0 +1,87 @@
+"""A real browser (Debian's chromium, headless, driven by Playwright) uses the page as a visitor would."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CLASS_NAMES
+from test_app_ui import app_url, client, model_folder, sample_images  # noqa: F401  (shared fixtures)
+from tl_space.app.local_app import running_app, wait_for_images
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+# CI installs chromium (.ci/run); elsewhere a missing browser skips instead of failing.
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def page():
+    """A fresh page of Debian's chromium, headless, 1280x900."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser.new_page(viewport={"width": 1280, "height": 900})
+        browser.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    return Path(os.environ.get("TL_SPACE_SCREENSHOTS", tmp_path))
+
+
+def test_page_classifies_an_upload_and_shows_the_gallery(app_url, sample_images, page, screenshots):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    page.get_by_text("What does this classifier see?").wait_for(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(sample_images[0]))
+    page.get_by_role("button", name="Classify", exact=True).click()
+    timing = page.get_by_text("Predicted in")
+    timing.wait_for(timeout=60_000)
+    bars = page.locator("[data-testid='label-output-value']").first
+    expect(bars).to_be_visible()
+    shown = page.locator(".output-class, [data-testid='label-output-value'] h2").first.inner_text()
+    assert any(name in shown for name in CLASS_NAMES)
+    page.screenshot(path=str(screenshots / "classify.png"), full_page=True)
+
+    page.get_by_label("Show where the model looks (Grad-CAM heatmap)").check()
+    wait_for_images(page, "#cam-image img")
+    page.screenshot(path=str(screenshots / "heatmap.png"), full_page=True)
+
+    page.get_by_role("tab", name="Where it fails").click()
+    gallery_images = page.locator("#mistakes-gallery img")
+    gallery_images.first.wait_for(timeout=30_000)
+    assert gallery_images.count() > 0
+    wait_for_images(page, "#mistakes-gallery img")  # every thumbnail served from Gradio's cache, not a placeholder
+    gallery_images.first.click()  # the selected mistake: heatmaps of its true and its predicted class
+    wait_for_images(page, "#mistake-cams img", count=2)
+    page.screenshot(path=str(screenshots / "mistakes.png"), full_page=True)
+    assert (screenshots / "classify.png").stat().st_size > 10_000
+    assert (screenshots / "heatmap.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def study_app_url(tiny_study, tmp_path_factory):
+    """The app with MODEL_ID set to a study folder: its best run, and the Study tab."""
+    with running_app(str(tiny_study), tmp_path_factory.mktemp("study-app")) as (url, _):
+        yield url
+
+
+def test_study_tab_shows_findings_table_and_plots(study_app_url, tiny_study, page, screenshots):
+    from playwright.sync_api import expect
+
+    findings = json.loads((tiny_study / "study.json").read_text())["findings"]
+    page.goto(study_app_url)
+    page.get_by_role("tab", name="Study").click()
+    expect(page.get_by_text(findings[0])).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Every strategy at every shot size").first).to_be_visible()
+    wait_for_images(page, ".study-plot img", count=3)
+    assert page.locator(".study-plot img").count() == 3
+    page.screenshot(path=str(screenshots / "study.png"), full_page=True)
+    assert (screenshots / "study.png").stat().st_size > 10_000

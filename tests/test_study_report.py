@@ -1,0 +1,36 @@
+"""The study's report: summary, findings, best run, plots and card, from the rows."""
+
+import statistics
+
+import pytest
+from PIL import Image
+
+from test_study_run import read_study
+from tl_space.folder.files import STUDY_PLOTS as PLOTS
+
+
+def test_summary_and_findings_come_from_the_rows(tiny_study):
+    record = read_study(tiny_study)
+    for entry in record["summary"]:
+        accuracies = [row["test_accuracy"] for row in record["rows"]
+                      if (row["strategy"], row["shots"]) == (entry["strategy"], entry["shots"])]
+        assert entry["runs"] == len(accuracies) == (2 if entry["shots"] == 2 else 1)
+        assert entry["mean_test_accuracy"] == pytest.approx(statistics.fmean(accuracies))
+        assert entry["std_test_accuracy"] == pytest.approx(statistics.stdev(accuracies) if len(accuracies) > 1 else 0)
+    for shots, opening in ((2, "2 images per class: "), ("all", "All ")):
+        entries = [entry for entry in record["summary"] if entry["shots"] == shots]
+        winner = max(entries, key=lambda entry: entry["mean_test_accuracy"])
+        sentence = next(sentence for sentence in record["findings"] if sentence.startswith(opening))
+        assert f"{winner['strategy']} wins with {winner['mean_test_accuracy']:.1%}" in sentence
+    at_all = [row for row in record["rows"] if row["shots"] == "all"]
+    assert record["best_run"] == max(at_all, key=lambda row: row["test_accuracy"])["run"]
+
+
+def test_plots_and_readme_are_written(tiny_study):
+    for name in PLOTS:
+        with Image.open(tiny_study / name) as plot:
+            assert plot.width > 600 and plot.height > 300
+    readme = (tiny_study / "README.md").read_text()
+    assert all(f"]({name})" in readme for name in PLOTS)
+    assert all(sentence in readme for sentence in read_study(tiny_study)["findings"])
+    assert not list(tiny_study.glob(".*partial*"))

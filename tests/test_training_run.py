@@ -1,0 +1,236 @@
+"""train.py end to end on a tiny real dataset and timm's test_resnet: the model folder is the contract."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from conftest import CLASS_NAMES, TINY_MODEL
+from tl_space import data
+from tl_space.strategies import NAMES as STRATEGIES
+from tl_space.training.evaluation import classification_metrics
+from tl_space.folder.read import load_model_folder
+from tl_space.settings import TrainSettings
+from tl_space.training import run
+from tl_space.transforms import preprocessing_for, to_model_input
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_settings(dataset: Path, output_dir: Path, pretrained_file: Path, **overrides) -> TrainSettings:
+    values = dict(dataset=str(dataset), model=TINY_MODEL, pretrained_file=str(pretrained_file), epochs=2,
+                  probe_epochs=2, batch_size=32, image_size=32, val_size=30, output_dir=str(output_dir),
+                  mixed_precision="no", cache_dir="none")
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def trained(request, tiny_dataset, pretrained_file, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs") / request.param
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy=request.param))
+    return folder
+
+
+def test_model_folder_holds_every_file(trained):
+    names = {path.name for path in trained.iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.json", "misclassified.json", "misclassified",
+            "curves.png", "confusion_matrix.png", "README.md"} <= names
+    for plot in ("curves.png", "confusion_matrix.png"):
+        with Image.open(trained / plot) as image:
+            assert image.width > 300 and image.height > 200
+    assert not list(trained.parent.glob(".*partial"))  # the staging folder was swapped in
+
+
+def test_metrics_are_complete_and_consistent(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    strategy = metrics["settings"]["strategy"]
+    expected_epochs = 4 if strategy == "lp-ft" else 2
+    assert [entry["epoch"] for entry in metrics["history"]] == list(range(1, expected_epochs + 1))
+    for entry in metrics["history"]:
+        assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= set(entry)
+        assert 0 <= entry["train_accuracy"] <= 1 and 0 <= entry["val_accuracy"] <= 1
+    test = metrics["test"]
+    matrix = torch.tensor(test["confusion_matrix"])
+    test_size = 12 * len(CLASS_NAMES)
+    assert matrix.sum() == test["num_images"] == test_size
+    assert matrix.diagonal().sum().item() / test_size == pytest.approx(test["accuracy"])
+    assert set(test["per_class_accuracy"]) == set(CLASS_NAMES)
+    assert metrics["settings"]["strategy"] == strategy and metrics["settings"]["epochs"] == 2
+    timing = metrics["timing"]
+    assert timing["train_images_per_second"] > 0
+    assert 0 < timing["data_seconds"] + timing["training_seconds"] + timing["evaluation_seconds"] < timing["total_seconds"]
+    best_val = max(entry["val_accuracy"] for entry in metrics["history"])
+    assert metrics["history"][test["best_epoch"] - 1]["val_accuracy"] == best_val
+
+
+def test_trainable_parameters_follow_the_strategy(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    head = 96 * len(CLASS_NAMES) + len(CLASS_NAMES)
+    total = metrics["total_parameters"]
+    expected = {"linear-probe": head, "scratch": total, "finetune": total, "lp-ft": total}
+    strategy = metrics["settings"]["strategy"]
+    if strategy == "partial":
+        assert head < metrics["trainable_parameters"] < total
+    else:
+        assert metrics["trainable_parameters"] == expected[strategy]
+
+
+def test_batchnorm_statistics_stay_pretrained_unless_trained_from_scratch(trained, pretrained_file):
+    from safetensors.torch import load_file
+    strategy = json.loads((trained / "metrics.json").read_text())["settings"]["strategy"]
+    saved, pretrained = load_file(str(trained / "model.safetensors")), load_file(str(pretrained_file))
+    statistics = [key for key in pretrained if key.endswith(("running_mean", "running_var"))]
+    assert statistics
+    kept = [torch.equal(saved[key], pretrained[key]) for key in statistics]
+    assert not any(kept) if strategy == "scratch" else all(kept)
+
+
+def _test_images(dataset: Path) -> data.LabelledImages:
+    dataset_dict, image_column, label_column, _ = data.open_dataset(str(dataset))
+    return data.decode_images(dataset_dict["test"], image_column, label_column, size=32)
+
+
+def test_local_dir_reload_predicts_what_training_measured(trained, tiny_dataset):
+    model = timm.create_model(f"local-dir:{trained}", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"] == CLASS_NAMES
+    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
+    assert preprocessing.image_size == 32
+    test = _test_images(tiny_dataset)
+    with torch.inference_mode():
+        logits = model(to_model_input(test.images, preprocessing))
+    recorded = json.loads((trained / "metrics.json").read_text())
+    metrics = recorded["test"]
+    reloaded = classification_metrics(logits, test.labels, CLASS_NAMES)
+    assert reloaded["confusion_matrix"] == metrics["confusion_matrix"]
+    assert reloaded["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
+    with torch.inference_mode():
+        mirrored = model(to_model_input(test.images.flip(-1), preprocessing))
+    flip_tta = recorded["flip_tta"]
+    averaged_accuracy = float(((logits + mirrored) / 2).argmax(dim=1).eq(test.labels).double().mean())
+    assert flip_tta["test_accuracy"] == pytest.approx(averaged_accuracy, abs=1e-6)
+    assert flip_tta["gain"] == pytest.approx(averaged_accuracy - metrics["accuracy"], abs=1e-6)
+    assert flip_tta["enabled"] == (flip_tta["gain"] >= flip_tta["min_gain"])
+    # Mistakes carry the calibrated probabilities the app shows.
+    probabilities = (logits / recorded["calibration"]["temperature"]).softmax(dim=1)
+    for record in json.loads((trained / "misclassified.json").read_text()):
+        assert (trained / record["file"]).is_file()
+        assert CLASS_NAMES[int(test.labels[record["index"]])] == record["true_label"]
+        assert probabilities[record["index"]].max().item() == pytest.approx(record["confidence"], abs=1e-4)
+
+
+def test_few_shot_run_trains_on_the_asked_counts(tiny_dataset, pretrained_file, tmp_path):
+    folder = tmp_path / "few"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", shots_per_class=5, flip_tta="off"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["flip_tta"] is None and not load_model_folder(str(folder)).flip_tta  # --flip-tta off: not measured
+    assert metrics["data"]["train_images_per_class"] == {name: 5 for name in CLASS_NAMES}
+    assert metrics["data"]["val_images"] == 30 and metrics["data"]["train_images"] == 5 * len(CLASS_NAMES)
+
+
+def test_a_time_budget_stops_training_early_with_the_schedule_run_out(tiny_dataset, pretrained_file, tmp_path):
+    folder = tmp_path / "budget"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="finetune", epochs=10_000, max_train_minutes=0.05))
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    spent = sum(entry["seconds"] for entry in history)
+    assert 1 <= len(history) < 10_000
+    assert 3 <= spent <= 3 + 2 * max(entry["seconds"] for entry in history) + 1  # stops in the epoch that spends it
+
+
+def test_rerun_with_same_settings_replaces_the_folder(tiny_dataset, pretrained_file, tmp_path):
+    settings = tiny_settings(tiny_dataset, tmp_path / "again", pretrained_file, strategy="linear-probe", epochs=1)
+    run(settings)
+    (tmp_path / "again" / "stale.txt").write_text("old")
+    run(settings)
+    assert not (tmp_path / "again" / "stale.txt").exists()
+
+
+def _train_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, pretrained_file, tmp_path):
+    common = ["--model", TINY_MODEL, "--pretrained-file", str(pretrained_file), "--image-size", "32",
+              "--cache-dir", str(tmp_path / "cache"),
+              "--val-size", "30", "--epochs", "1"]
+    previous = tmp_path / "previous"
+    run(tiny_settings(tiny_dataset, previous, pretrained_file, strategy="linear-probe", epochs=1))
+    cases = [
+        (["--dataset", str(tmp_path / "missing"), *common], "--dataset '"),
+        (["--dataset", str(tiny_dataset), "--label-column", "fine_label", *common], "--label-column: 'fine_label'"),
+        (["--dataset", str(tiny_dataset), *common, "--model", "resnet_nope"], "--model 'resnet_nope'"),
+        (["--dataset", str(tiny_dataset), *common, "--shots-per-class", "500"], "--shots-per-class 500"),
+        (["--dataset", str(tiny_dataset), *common, "--strategy", "linear-probe", "--lr", "0.5",
+          "--output-dir", str(previous)], "lr: None -> 0.5"),
+        (["--dataset", str(tiny_dataset), *common, "--train-fraction", "1.5"], "--train-fraction 1.5"),
+    ]
+    for args, expected in cases:
+        result = _train_cli(*args, "--output-dir", str(tmp_path / "out")) if "--output-dir" not in args else _train_cli(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
+        assert not (tmp_path / "out").exists()
+    unknown_strategy = _train_cli("--strategy", "frozen")
+    assert unknown_strategy.returncode == 2 and "invalid choice: 'frozen'" in unknown_strategy.stderr
+
+
+def test_two_processes_give_the_same_test_metrics_as_one(tiny_dataset, pretrained_file, tmp_path):
+    """Linear probe has no augmentation: 2 processes x 16 images per step must match 1 x 32, each image once."""
+    common = ["--dataset", str(tiny_dataset), "--model", TINY_MODEL, "--pretrained-file", str(pretrained_file),
+              "--strategy", "linear-probe", "--epochs", "4", "--lr", "0.05", "--image-size", "32", "--val-size", "30",
+              "--max-train-samples", "96", "--mixed-precision", "no", "--cache-dir", "none"]
+    single = _train_cli(*common, "--batch-size", "32", "--output-dir", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # `--multi_gpu` is accelerate's torchrun launcher; with no GPU the processes join a CPU (gloo) group.
+    double = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             str(ROOT / "train.py"), *common, "--batch-size", "16", "--output-dir", str(tmp_path / "two")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["hardware"]["processes"] == 2
+    assert two["test"]["num_images"] == one["test"]["num_images"] == 12 * len(CLASS_NAMES)
+    assert two["test"]["confusion_matrix"] == one["test"]["confusion_matrix"]
+    assert one["test"]["accuracy"] > 0.5  # it learned: a probe stuck on one class would make this test vacuous
+    assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-4)
+    for entry_one, entry_two in zip(one["history"], two["history"]):
+        assert entry_two["val_accuracy"] == entry_one["val_accuracy"]
+        assert entry_two["train_loss"] == pytest.approx(entry_one["train_loss"], rel=1e-4)
+
+
+def test_the_model_folder_holds_no_path_of_the_training_machine(tiny_dataset, pretrained_file, tmp_path):
+    output_dir = tmp_path / "absolute" / "run"
+    run(tiny_settings(tiny_dataset.resolve(), output_dir.resolve(), pretrained_file.resolve(), epochs=1,
+                      cache_dir=str(tmp_path / "cache"), dataset_id="someone/colours"))
+    for file in output_dir.rglob("*"):
+        if file.suffix in (".json", ".md"):
+            text = file.read_text()
+            assert str(tmp_path) not in text and "/tmp" not in text, file.name
+    settings = json.loads((output_dir / "metrics.json").read_text())["settings"]
+    assert (settings["dataset"], settings["pretrained_file"], settings["output_dir"], settings["cache_dir"]) == (
+        "someone/colours", pretrained_file.name, "run", None)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.datasets == ["someone/colours"]
+    assert card.data.eval_results[0].dataset_type == "someone/colours"
+
+
+def test_a_dataset_in_the_hub_cache_is_named_by_its_hub_id(tiny_dataset, tmp_path):
+    snapshot = tmp_path / "hub" / "datasets--uoft-cs--cifar10" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_dataset, snapshot)
+    settings = TrainSettings(dataset=str(snapshot))
+    assert settings.published()["dataset"] == "uoft-cs/cifar10"
+    assert TrainSettings(dataset=str(tiny_dataset)).published()["dataset"] == tiny_dataset.name
+    assert TrainSettings(dataset="uoft-cs/cifar10").published()["dataset"] == "uoft-cs/cifar10"

@@ -1,0 +1,1 @@
+"""The Gradio app: the page, inference, explanations, and what keeps a shared server healthy."""

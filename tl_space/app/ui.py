@@ -1,0 +1,287 @@
+"""The Gradio page: classify an image and see where the model looked, browse its mistakes, read its reports."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+from gradio.utils import get_upload_folder
+from PIL import Image
+
+from tl_space.app.explain import feature_map_figure, heatmap_overlays, pretrained_backbone
+from tl_space.app.inference import class_probabilities
+from tl_space.app.markdown import code, text
+from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
+from tl_space.folder.read import LoadedModel, public_plots
+from tl_space.folder.study import load_study
+from tl_space.folder.summary import run_summary
+from tl_space.images import ImageError, open_image
+from tl_space.settings import REPORTING_SETTINGS
+from tl_space.study.report import study_overview, summarize
+
+ALL = "all classes"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# Every event that runs the model shares one queue slot: hooks (Grad-CAM, feature maps) never overlap.
+MODEL_QUEUE = "model"
+# Files Gradio stored for visitors (uploads, cached examples) are deleted after an hour, checked every 10 minutes.
+DELETE_CACHE = (600, 3600)
+# Requests waiting at most: past this, a visitor is told the Space is busy instead of waiting minutes.
+QUEUE_MAX_SIZE = 64
+NOT_UPLOADED = "This file was not uploaded to this app; upload the image again."
+logger = logging.getLogger("tl_space.app")
+
+
+def uploaded_path(payload: str | dict | None) -> str | None:
+    """The file behind gr.Image's raw (not preprocessed) value, if Gradio stored it in its upload folder; any other
+    path (a forged API call naming a server file) is refused with a gr.Error that names no path."""
+    path = payload.get("path") if isinstance(payload, dict) else payload
+    if path is None:
+        return None
+    if not isinstance(path, str) or not Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        raise gr.Error(NOT_UPLOADED, print_exception=False)
+    return path
+
+
+def classify(loaded: LoadedModel, payload: str | dict | None) -> tuple[dict[str, float], str]:
+    """Top classes of an uploaded image and how long the model took, or a gr.Error naming what is wrong.
+
+    Takes gr.Image's raw value (the event runs with preprocess=False), so that our decoding, not Gradio's,
+    meets broken files and can say what is wrong with them.
+    """
+    image = uploaded_image(payload)
+    started = time.perf_counter()
+    probabilities = class_probabilities(loaded, image)
+    milliseconds = (time.perf_counter() - started) * 1000
+    return probabilities, f"Predicted in {milliseconds:.0f} ms on {image.width}x{image.height} px."
+
+
+def uploaded_image(payload: str | dict | None) -> Image.Image:
+    """The decoded upload, or a gr.Error saying what is wrong with it."""
+    path = uploaded_path(payload)
+    if path is None:
+        raise gr.Error("Upload an image first.", print_exception=False)
+    try:
+        return open_image(path)
+    except ImageError as error:
+        raise gr.Error(str(error), print_exception=False) from error
+
+
+def explain(loaded: LoadedModel, payload: str | dict | None, class_name: str) -> Image.Image:
+    """The upload with the Grad-CAM heatmap of class_name over it."""
+    image = uploaded_image(payload)
+    if class_name not in loaded.label_names:
+        raise gr.Error(f"Pick one of the model's classes, not {str(class_name)[:100]!r}.", print_exception=False)
+    return heatmap_overlays(loaded, image, [class_name])[0]
+
+
+def top_classes(probabilities: dict[str, float], count: int = 5) -> list[str]:
+    return sorted(probabilities, key=probabilities.get, reverse=True)[:count]
+
+
+def caption(record: dict) -> str:
+    return f"{record['true_label']} → {record['predicted_label']} ({record['confidence']:.0%})"
+
+
+def filter_mistakes(loaded: LoadedModel, true_label: str, predicted_label: str) -> list[int]:
+    """Indices of the mistakes of true class true_label predicted as predicted_label (ALL: any)."""
+    return [index for index, record in enumerate(loaded.misclassified)
+            if true_label in (ALL, record["true_label"]) and predicted_label in (ALL, record["predicted_label"])]
+
+
+def png_copies(images: list[Image.Image]) -> list[str]:
+    """Each image written once as a PNG into a temp folder of this process, removed at exit.
+
+    The gallery serves these files, which Gradio copies into its cache under a staging name. Given PIL images, Gradio
+    would re-encode and rewrite the same cache file in place on every request, and a visitor fetching it meanwhile
+    could get it half-written (bench/bench_app_load.py saw one such answer in 640 mixed requests).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="tl-space-public-"))
+    atexit.register(shutil.rmtree, folder, True)
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"{index:03d}.png"
+        image.save(path, format="PNG")
+        paths.append(str(path))
+    return paths
+
+
+def gallery_items(loaded: LoadedModel, files: list[str], indices: list[int]) -> list[tuple[str, str]]:
+    """The mistakes' images as our own decoded copies (files[i] of loaded.mistake_images[i]): never a path into the
+    model folder."""
+    return [(files[index], caption(loaded.misclassified[index])) for index in indices]
+
+
+def top5_of(record: dict) -> dict[str, float]:
+    return {entry["label"]: entry["probability"] for entry in record["top5"]}
+
+
+def report_markdown(loaded: LoadedModel) -> str:
+    """Headline numbers and the run's settings, from metrics.json; every value from the folder escaped."""
+    metrics = loaded.metrics
+    if not metrics:
+        return f"No `metrics.json` in {code(loaded.name)}: this folder has no training report."
+    lines = ["\n\n".join(run_summary(metrics, code, text))]
+    settings = metrics["settings"]
+    lines.append("\n| setting | value |\n|---|---|")
+    lines += [f"| {text(key)} | {text(value)} |" for key, value in list(settings.items())[:60]
+              if value is not None and key not in REPORTING_SETTINGS]
+    return "\n".join(lines)
+
+
+def study_table(summary: list[dict]) -> list[list]:
+    return [[entry["strategy"], entry["shots"], round(entry["images_per_class"]), entry["runs"],
+             round(entry["mean_test_accuracy"] * 100, 2), round(entry["std_test_accuracy"] * 100, 2),
+             round(entry["mean_wall_seconds"]), entry["trainable_parameters"]] for entry in summary]
+
+
+STUDY_HEADERS = ["strategy", "shots per class", "images per class", "runs", "test accuracy (%)", "spread (± %)",
+                 "wall seconds", "trainable parameters"]
+
+
+def example_images(examples_dir: Path | None) -> list[str]:
+    if examples_dir is None or not examples_dir.is_dir():
+        return []
+    return sorted(str(path) for path in examples_dir.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def build_error_page(message: str) -> gr.Blocks:
+    """What a visitor sees when the model could not be loaded: the reason and how to fix it."""
+    with gr.Blocks(title="tl-space: model not loaded") as demo:
+        gr.Markdown(f"## The model could not be loaded\n\n{message}")
+    return demo
+
+
+def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained_file: str | None = None,
+               queue_max_size: int = QUEUE_MAX_SIZE) -> gr.Blocks:
+    """The whole page for one loaded model, its queue bounded by queue_max_size. pretrained_file: the operator's
+    local copy of the backbone's weights, for the feature maps' comparison where the Hub is out of reach."""
+    classes = ", ".join(text(name) for name in loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
+    with gr.Blocks(title=f"tl-space: {loaded.name}", delete_cache=DELETE_CACHE) as demo:
+        gr.Markdown(f"# What does this classifier see?\nModel {code(loaded.name)} tells apart "
+                    f"{len(loaded.label_names)} classes: {classes}.")
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image")
+                    submit = gr.Button("Classify", variant="primary")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=5, label="Top 5")
+                    timing = gr.Markdown()
+                    show_cam = gr.Checkbox(False, label="Show where the model looks (Grad-CAM heatmap)")
+                    cam_class = gr.Dropdown([], label="Heatmap for the class", visible=False, interactive=True)
+                    cam_image = gr.Image(label="Grad-CAM: red is where the evidence for this class lies", visible=False,
+                                         interactive=False, type="pil", elem_id="cam-image")
+            predict = lambda path: classify(loaded, path)  # noqa: E731
+
+            def refresh_cam(payload: str | dict | None, show: bool):
+                """With the toggle on: the top class's heatmap, and the top 5 to pick another from."""
+                if not show or uploaded_path(payload) is None:
+                    return gr.update(visible=False), gr.update(visible=False, value=None)
+                image_now = uploaded_image(payload)
+                top5 = top_classes(class_probabilities(loaded, image_now))
+                overlay = heatmap_overlays(loaded, image_now, top5[:1])[0]
+                return gr.update(choices=top5, value=top5[0], visible=True), gr.update(value=overlay, visible=True)
+
+            model_event = dict(preprocess=False, concurrency_id=MODEL_QUEUE)
+            submit.click(predict, inputs=image, outputs=[label, timing], api_name="classify", **model_event).then(
+                refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], api_name=False, **model_event)
+            show_cam.change(refresh_cam, inputs=[image, show_cam], outputs=[cam_class, cam_image], api_name=False,
+                            **model_event)
+            cam_class.input(lambda payload, name: explain(loaded, payload, name), inputs=[image, cam_class],
+                            outputs=cam_image, api_name="explain", **model_event)
+            with gr.Accordion("Feature maps: what the early, middle and last stages respond to", open=False):
+                maps_button = gr.Button("Show the feature maps of this image")
+                maps_note = gr.Markdown()
+                maps_image = gr.Image(label="Most active channels per stage", interactive=False, type="pil",
+                                      elem_id="feature-maps")
+            # Loaded on first use, then kept; under the model's lock, so two first uses load it once.
+            pretrained = functools.cache(lambda: pretrained_backbone(loaded, pretrained_file))
+
+            def show_feature_maps(payload: str | dict | None):
+                image_now = uploaded_image(payload)
+                with loaded.lock:
+                    backbone, note = pretrained()
+                models = {"this model": loaded.model} | ({"pretrained backbone": backbone} if backbone else {})
+                return feature_map_figure(image_now, models, loaded), note
+
+            maps_button.click(show_feature_maps, inputs=image, outputs=[maps_image, maps_note], api_name="feature_maps",
+                              **model_event)
+            examples = example_images(examples_dir)
+            if examples:
+                gr.Examples(examples=examples, inputs=image, outputs=[label, timing], fn=predict,
+                            cache_examples=True, cache_mode="lazy", preprocess=False, label="Examples: one per class")
+        with gr.Tab("Where it fails"):
+            gr.Markdown(f"The {len(loaded.misclassified)} most confident mistakes on the test split. "
+                        "Pick one to see what the model thought.")
+            with gr.Row():
+                true_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="True class")
+                predicted_filter = gr.Dropdown([ALL, *loaded.label_names], value=ALL, label="Predicted class")
+            everything = list(range(len(loaded.misclassified)))
+            mistake_files = png_copies(loaded.mistake_images)
+            shown = gr.State(everything)  # indices into loaded.misclassified, in gallery order
+            with gr.Row():
+                gallery = gr.Gallery(gallery_items(loaded, mistake_files, everything), label="Misclassified test images",
+                                     columns=8, height=480, object_fit="contain", allow_preview=True, scale=3,
+                                     format="png", elem_id="mistakes-gallery")
+                with gr.Column(scale=1):
+                    selected = gr.Label(num_top_classes=5, label="Top 5 of the selected image")
+                    mistake_cams = gr.Gallery(label="Grad-CAM: true class | predicted class", columns=2, height=260,
+                                              object_fit="contain", elem_id="mistake-cams")
+
+            def refilter(true_label: str, predicted_label: str):
+                indices = filter_mistakes(loaded, true_label, predicted_label)
+                return gallery_items(loaded, mistake_files, indices), indices, None, None
+
+            gr.on([true_filter.change, predicted_filter.change], refilter, inputs=[true_filter, predicted_filter],
+                  outputs=[gallery, shown, selected, mistake_cams], api_name="filter_mistakes")
+
+            def show_selected(indices: list[int], event: gr.SelectData):
+                if not isinstance(event.index, int) or not 0 <= event.index < len(indices):
+                    raise gr.Error("Pick one of the images shown.", print_exception=False)
+                index = indices[event.index]
+                record = loaded.misclassified[index]
+                classes = [record["true_label"], record["predicted_label"]]
+                overlays = heatmap_overlays(loaded, loaded.mistake_images[index], classes)
+                return top5_of(record), [(overlays[0], f"true: {classes[0]}"), (overlays[1], f"predicted: {classes[1]}")]
+
+            gallery.select(show_selected, inputs=shown, outputs=[selected, mistake_cams], api_name=False,
+                           concurrency_id=MODEL_QUEUE)
+        with gr.Tab("Training report"):
+            gr.Markdown(report_markdown(loaded))
+            metrics = loaded.metrics
+            if metrics:
+                per_class = [[text(name), round(float(accuracy) * 100, 2)] for name, accuracy in
+                             metrics["test"]["per_class_accuracy"].items()]
+                gr.Dataframe(per_class, headers=["class", "test accuracy (%)"], label="Per-class accuracy",
+                             interactive=False)
+            for file, title in REPORT_PLOTS.items():
+                if file in loaded.plots:
+                    gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")
+        add_study_tab(loaded)
+    demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
+    return demo
+
+
+def add_study_tab(loaded: LoadedModel) -> None:
+    """The Study tab, when the model comes with a study whose study.json can be shown."""
+    study = load_study(loaded.study_folder)
+    if not study or not study["rows"]:
+        return
+    served = loaded.folder.relative_to(loaded.study_folder) if loaded.folder.is_relative_to(
+        loaded.study_folder) else loaded.name
+    summary = summarize(study["rows"])  # from the rows, so the tab matches them whatever wrote study.json
+    plots = public_plots(loaded.study_folder, STUDY_PLOTS, "the study")
+    with gr.Tab("Study"):
+        gr.Markdown("\n".join(["### The study", *study_overview(study, study["rows"], summary, str(served), code, text)]))
+        gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size",
+                     interactive=False)
+        for file, title in STUDY_PLOTS.items():
+            if file in plots:
+                gr.Image(plots[file], label=title, interactive=False, type="pil", format="png",
+                         elem_classes="study-plot")

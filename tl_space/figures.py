@@ -1,0 +1,40 @@
+"""Figures drawn with matplotlib's object API (no pyplot, no global backend): saved as PNG files or PIL images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from tl_space import atomic
+
+DPI = 100
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of that size in inches, drawn by the Agg canvas: safe in any thread, on machines with no display."""
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Lay out and write the figure as a PNG, replacing path whole."""
+    figure.tight_layout()
+    return atomic.write_file(Path(path), lambda staging: figure.savefig(staging, format="png", dpi=DPI))
+
+
+def to_image(figure: Figure) -> Image.Image:
+    """The laid-out figure as an RGB PIL image."""
+    figure.tight_layout()
+    canvas = figure.canvas
+    canvas.draw()
+    return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+
+
+def colour(index: int):
+    """The index-th colour of the tab10 palette, so a strategy keeps its colour in every plot."""
+    return colormaps["tab10"](index % 10)

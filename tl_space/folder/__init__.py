@@ -1,0 +1,1 @@
+"""The model folder and the study folder: their files, written and read in one place."""

@@ -1,0 +1,135 @@
+"""The model card (README.md of a model folder): Hub metadata with model-index, and a body a person reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from tl_space.folder.files import CARD_FILE
+from tl_space.folder.summary import run_summary
+from tl_space.strategies import STRATEGIES, keeps_batchnorm_statistics
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+An image classifier for {{ num_classes }} classes ({{ class_list }}), trained with
+tl-space by transfer learning: **{{ strategy }}** of the timm model
+`{{ architecture }}`{% if base_model %}, starting from the ImageNet weights of `{{ base_model }}`{% else %}, from random initialisation{% endif %}.
+
+## Results
+
+{% for paragraph in summary %}{{ paragraph }}
+
+{% endfor %}| class | test accuracy |
+|---|---|
+{% for name, accuracy in per_class_accuracy %}| {{ name }} | {{ "%.2f" | format(accuracy * 100) }}% |
+{% endfor %}
+
+![Loss and accuracy per epoch](curves.png)
+
+![Confusion matrix](confusion_matrix.png)
+
+![Reliability diagram](reliability.png)
+
+{% if misclassified_count %}The {{ misclassified_count }} most confident mistakes are in `misclassified/`, listed in `misclassified.json`.{% endif %}
+
+## Training
+
+| setting | value |
+|---|---|
+| strategy | {{ strategy }} |
+| epochs | {{ epochs_run }} |
+| image size | {{ image_size }} px ({{ interpolation }} resize, mean {{ mean }}, std {{ std }}) |
+| training images | {{ train_images }} (validation: {{ val_images }}) |
+| BatchNorm while training | {{ batchnorm }} |
+| trainable parameters | {{ "{:,}".format(trainable_parameters) }} of {{ "{:,}".format(total_parameters) }} |
+| batch size, lr, weight decay | {{ batch_size }}, {{ lr }}, {{ weight_decay }} |
+| hardware | {{ hardware }} |
+| wall time | {{ "%.1f" | format(total_minutes) }} min ({{ "%.0f" | format(images_per_second) }} training images/s) |
+
+Every setting of the run is in `metrics.json` under `settings`.
+
+## How to use
+
+```python
+import timm, torch
+from PIL import Image
+
+model = timm.create_model("{{ model_reference }}", pretrained=True).eval()
+config = timm.data.resolve_model_data_config(model)
+transform = timm.data.create_transform(**config)
+with torch.inference_mode():
+    probabilities = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)
+print(model.pretrained_cfg["label_names"][probabilities.argmax()])
+```
+
+To see it with a top-5 bar, example images, its mistakes and this report, serve it with tl-space's Gradio app:
+`MODEL_ID={{ app_model_id }} python app.py`.
+"""
+
+
+BATCHNORM_WORDS = {True: "the backbone's pretrained statistics, kept fixed",
+                   False: "batch statistics, running ones updated"}
+
+
+def is_hub_id(name: str) -> bool:
+    """'owner/name' and nothing that looks like a local path."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(name).exists()
+
+
+def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
+    """A ModelCard whose metadata holds the test accuracy in model-index, so the Hub shows it."""
+    settings, test = metrics["settings"], metrics["test"]
+    dataset_id = settings["dataset"] if is_hub_id(settings["dataset"]) else None
+    model_name = Path(settings["output_dir"]).name
+    base_model = metrics["model"].get("base_model")
+    card_data = ModelCardData(
+        library_name="timm",
+        license="apache-2.0",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "transfer-learning", "timm", "tl-space"],
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
+        metrics=["accuracy"],
+        model_name=model_name,
+        eval_results=[EvalResult(task_type="image-classification", task_name="Image Classification",
+                                 dataset_type=dataset_id or settings["dataset"],
+                                 dataset_name=dataset_id or Path(settings["dataset"]).name,
+                                 dataset_split=settings["test_split"], metric_type="accuracy", metric_name="Accuracy",
+                                 metric_value=round(test["accuracy"], 4))],
+    )
+    preprocessing, hardware = metrics["preprocessing"], metrics["hardware"]
+    device = hardware["gpu"] or hardware["device"]
+    return ModelCard.from_template(
+        card_data, template_str=CARD_TEMPLATE,
+        model_reference=f"hf-hub:{settings['hub_model_id']}" if settings.get("hub_model_id") else "local-dir:PATH_TO_THIS_FOLDER",
+        app_model_id=settings.get("hub_model_id") or "PATH_TO_THIS_FOLDER",
+        model_name=model_name, num_classes=len(metrics["data"]["class_names"]),
+        class_list=", ".join(metrics["data"]["class_names"][:20]) + ("…" if len(metrics["data"]["class_names"]) > 20 else ""),
+        strategy=settings["strategy"], architecture=metrics["model"]["architecture"], base_model=base_model,
+        summary=run_summary(metrics), per_class_accuracy=list(test["per_class_accuracy"].items()),
+        misclassified_count=len(misclassified), epochs_run=len(metrics["history"]),
+        image_size=preprocessing["image_size"], interpolation=preprocessing["interpolation"],
+        mean=preprocessing["mean"], std=preprocessing["std"],
+        train_images=metrics["data"]["train_images"], val_images=metrics["data"]["val_images"],
+        # Folders written before --batchnorm existed trained in PyTorch's train mode.
+        batchnorm=BATCHNORM_WORDS[keeps_batchnorm_statistics(STRATEGIES[settings["strategy"]],
+                                                             settings.get("batchnorm", "batch"))],
+        trainable_parameters=metrics["trainable_parameters"], total_parameters=metrics["total_parameters"],
+        batch_size=settings["batch_size"], lr=", ".join(sorted({str(entry["lr"]) for entry in metrics["history"]})),
+        weight_decay=settings["weight_decay"],
+        hardware=f"{device} × {hardware['processes']} process(es), mixed precision {hardware['mixed_precision']}",
+        total_minutes=metrics["timing"]["total_seconds"] / 60,
+        images_per_second=metrics["timing"]["train_images_per_second"],
+    )
+
+
+def write_model_card(folder: Path, metrics: dict, misclassified: list[dict]) -> Path:
+    path = Path(folder) / CARD_FILE
+    build_model_card(metrics, misclassified).save(path)
+    return path

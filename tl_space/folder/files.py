@@ -1,0 +1,60 @@
+"""Every file name of a model folder and of a study folder, and which earlier run a folder holds.
+
+A model folder: timm's config.json and model.safetensors, metrics.json, misclassified.json with misclassified/*.png,
+three plots and the model card (README.md); checkpoint/ while a run is unfinished. A study folder: study.json, three
+plots, README.md, and one model folder per run under runs/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tl_space.errors import UserError
+from tl_space.settings import RUN_SETTINGS
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.pth", "model.pth", "model.bin")  # never opened
+METRICS_FILE = "metrics.json"
+MISCLASSIFIED_FILE = "misclassified.json"
+MISCLASSIFIED_DIR = "misclassified"
+CARD_FILE = "README.md"
+CHECKPOINT_DIR = "checkpoint"
+REPORT_PLOTS = {"curves.png": "Loss and accuracy per epoch", "confusion_matrix.png": "Confusion matrix",
+                "reliability.png": "Reliability: accuracy vs confidence, before and after calibration"}
+
+STUDY_FILE = "study.json"
+RUNS_DIR = "runs"
+STUDY_PLOTS = {"accuracy_vs_shots.png": "Test accuracy vs training images per class",
+               "accuracy_vs_epoch.png": "Validation accuracy per epoch, each strategy, each shot size",
+               "accuracy_vs_time.png": "Accuracy vs wall time"}
+# A study folder without its runs: what the app fetches of a study repo besides the run it serves.
+STUDY_FILES = [STUDY_FILE, CARD_FILE, *STUDY_PLOTS]
+
+# An unfinished (or killed, then finished elsewhere) run's resume state is not part of what is published.
+NOT_PUSHED = [f"{CHECKPOINT_DIR}/*", f"{CHECKPOINT_DIR}.*/*", f"*/{CHECKPOINT_DIR}/*", f"*/{CHECKPOINT_DIR}.*/*",
+              f".{CHECKPOINT_DIR}.*/*", f"*/.{CHECKPOINT_DIR}.*/*"]
+
+
+def is_model_folder(names: set[str]) -> bool:
+    """Whether a folder holding these file names is a model folder (else maybe a study folder)."""
+    return CONFIG_FILE in names and WEIGHTS_FILE in names
+
+
+def differing_settings(previous: dict, current: dict) -> list[str]:
+    """Names of the run settings (those that change what a run computes) in which two published settings differ."""
+    return sorted(key for key in current if key in RUN_SETTINGS and previous.get(key) != current[key])
+
+
+def read_json(path: Path, default, name: str):
+    """A JSON file of a folder, default when it is missing; a UserError naming the file when it is unreadable."""
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path.name} of {name!r} is not readable JSON ({type(error).__name__})") from error
+    if not isinstance(value, type(default)):
+        raise UserError(f"{path.name} of {name!r} holds a {type(value).__name__}, not a {type(default).__name__}")
+    return value

@@ -1,0 +1,39 @@
+"""What a run's metrics.json says, in sentences: one text for the model card and the app's training report."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+Quote = Callable[[object], str]  # renders a value read from the folder: the app escapes it, the card need not
+
+
+def _code(value: object) -> str:
+    return f"`{value}`"
+
+
+def run_summary(metrics: dict, quote: Quote = _code, plain: Quote = str) -> list[str]:
+    """Markdown paragraphs: test accuracy, how the model trained, calibration, flip TTA, the most confused pairs."""
+    test, settings, model_record = metrics["test"], metrics["settings"], metrics.get("model") or {}
+    base = model_record.get("base_model") or "random initialisation"
+    lines = [f"**Test accuracy {float(test['accuracy']):.2%}** on {int(test['num_images']):,} images: "
+             f"{quote(model_record.get('architecture', settings['model']))} trained by **{plain(settings['strategy'])}** "
+             f"from {quote(base)} on {quote(settings['dataset'])} ({int(metrics['data']['train_images']):,} training "
+             f"images), {len(metrics['history'])} epochs at {int(metrics['preprocessing']['image_size'])} px; best "
+             f"epoch {int(test['best_epoch'])} by validation accuracy. Test loss {float(test['loss']):.3f}."]
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(f"**Calibration**: a temperature of {float(calibration['temperature']):.3f}, fitted on the validation "
+                     "split, divides the logits before the softmax (the predicted classes do not change); expected "
+                     f"calibration error on the test split {float(calibration['test_ece_before']):.2%} before, "
+                     f"{float(calibration['test_ece_after']):.2%} after. The tl-space app shows calibrated probabilities.")
+    flip_tta = metrics.get("flip_tta")
+    if flip_tta:
+        lines.append(f"**Flip test-time augmentation** (averaging the logits of each image and its mirror image): test "
+                     f"accuracy {float(flip_tta['test_accuracy']):.2%}, {float(flip_tta['gain']) * 100:+.2f} points; "
+                     + ("the app uses it." if flip_tta["enabled"] else "the app leaves it off (it doubles the work and "
+                        f"gains less than {float(flip_tta['min_gain']) * 100:.1f} points)."))
+    if test["most_confused"]:
+        lines.append("**Most confused pairs** (true → predicted: test images): " + ", ".join(
+            f"{plain(pair['true'])} → {plain(pair['predicted'])}: {int(pair['count'])}"
+            for pair in test["most_confused"][:5]))
+    return lines

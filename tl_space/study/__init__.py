@@ -1,0 +1,1 @@
+"""The study: every strategy at every few-shot size under one budget, and its report."""

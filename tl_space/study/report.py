@@ -1,0 +1,265 @@
+"""A study's report: the summary table, findings computed from it, three plots, and the study folder's README."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Callable
+
+from matplotlib.ticker import MaxNLocator
+
+from tl_space import atomic
+from tl_space.figures import colour, new_figure, save_png
+from tl_space.folder.files import CARD_FILE, STUDY_PLOTS
+from tl_space.folder.study import write_study_record
+from tl_space.strategies import NAMES, strategy_named
+
+
+def _colour(strategy: str):
+    return colour(NAMES.index(strategy) if strategy in NAMES else 9)
+
+
+def _pretrained(entry: dict) -> bool:
+    strategy = strategy_named(entry["strategy"])
+    return strategy is not None and strategy.pretrained
+
+
+def _shots_order(shots: int | str) -> float:
+    return math.inf if shots == "all" else float(shots)
+
+
+def describe_shots(shots: int | str, images_per_class: float) -> str:
+    if shots == "all":
+        return f"all {images_per_class:,.0f} images per class"
+    return f"{shots} image{'s' if shots != 1 else ''} per class"
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One entry per (strategy, shots): mean, spread over seeds, and cost, sorted by shots then strategy."""
+    groups: dict[tuple[str, int | str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["strategy"], row["shots"]), []).append(row)
+    summary = []
+    for (strategy, shots), members in groups.items():
+        accuracies = [row["test_accuracy"] for row in members]
+        summary.append({
+            "strategy": strategy, "shots": shots, "images_per_class": members[0]["images_per_class"],
+            "runs": len(members), "mean_test_accuracy": statistics.fmean(accuracies),
+            "std_test_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "min_test_accuracy": min(accuracies), "max_test_accuracy": max(accuracies),
+            "mean_wall_seconds": statistics.fmean(row["wall_seconds"] for row in members),
+            "mean_epochs": statistics.fmean(row["epochs"] for row in members),
+            "trainable_parameters": members[0]["trainable_parameters"],
+        })
+    strategy_rank = {name: index for index, name in enumerate(NAMES)}
+    return sorted(summary, key=lambda entry: (_shots_order(entry["shots"]), strategy_rank.get(entry["strategy"], 99)))
+
+
+def _accuracy_text(entry: dict) -> str:
+    spread = f" ± {entry['std_test_accuracy']:.1%} over {entry['runs']} seeds" if entry["runs"] > 1 else ""
+    return f"{entry['mean_test_accuracy']:.1%}{spread}"
+
+
+def findings(summary: list[dict]) -> list[str]:
+    """Sentences a reader can check against the table: the winner per shot size, what pretraining is worth, cost."""
+    by_shots: dict[int | str, list[dict]] = {}
+    for entry in summary:
+        by_shots.setdefault(entry["shots"], []).append(entry)
+    sentences, winners = [], []
+    for shots, entries in by_shots.items():
+        ranked = sorted(entries, key=lambda entry: entry["mean_test_accuracy"], reverse=True)
+        best = ranked[0]
+        winners.append((shots, best))
+        where = describe_shots(shots, best["images_per_class"]).capitalize()
+        if len(ranked) == 1:
+            sentences.append(f"{where}: {best['strategy']} reaches {_accuracy_text(best)}.")
+            continue
+        runner_up = ranked[1]
+        margin = (best["mean_test_accuracy"] - runner_up["mean_test_accuracy"]) * 100
+        close = " (within the spread over seeds)" if margin / 100 <= max(best["std_test_accuracy"],
+                                                                         runner_up["std_test_accuracy"]) else ""
+        sentences.append(f"{where}: {best['strategy']} wins with {_accuracy_text(best)}, {margin:.1f} points ahead "
+                         f"of {runner_up['strategy']} ({runner_up['mean_test_accuracy']:.1%}){close}.")
+    sentences += _pretraining_gain(by_shots)
+    changes = [(shots, best["strategy"]) for (shots, best), (_, previous) in zip(winners[1:], winners)
+               if best["strategy"] != previous["strategy"]]
+    for shots, strategy in changes:
+        entry = next(e for e in by_shots[shots] if e["strategy"] == strategy)
+        sentences.append(f"{strategy} takes the lead from {describe_shots(shots, entry['images_per_class'])} on.")
+    sentences += _cost(by_shots[max(by_shots, key=_shots_order)])
+    return sentences
+
+
+def _pretraining_gain(by_shots: dict) -> list[str]:
+    """Points the best pretrained strategy gains over scratch, at the fewest and at the most images."""
+    gains = []
+    for shots, entries in by_shots.items():
+        scratch = next((entry for entry in entries if not _pretrained(entry)), None)
+        pretrained = [entry for entry in entries if _pretrained(entry)]
+        if scratch and pretrained:
+            best = max(pretrained, key=lambda entry: entry["mean_test_accuracy"])
+            gains.append((shots, best, (best["mean_test_accuracy"] - scratch["mean_test_accuracy"]) * 100))
+    if not gains:
+        return []
+    (shots, best, gain), (last_shots, last_best, last_gain) = gains[0], gains[-1]
+    sentence = (f"Against training from scratch, the best pretrained strategy gains {gain:+.1f} points with "
+                f"{describe_shots(shots, best['images_per_class'])} ({best['strategy']})")
+    if len(gains) > 1:
+        sentence += (f" and {last_gain:+.1f} points with {describe_shots(last_shots, last_best['images_per_class'])} "
+                     f"({last_best['strategy']})")
+    return [sentence + "."]
+
+
+def _cost(entries: list[dict]) -> list[str]:
+    """At the largest shot size: how long the most accurate and the fastest strategy took."""
+    if len(entries) < 2:
+        return []
+    best = max(entries, key=lambda entry: entry["mean_test_accuracy"])
+    fastest = min(entries, key=lambda entry: entry["mean_wall_seconds"])
+    where = describe_shots(best["shots"], best["images_per_class"])
+    if best is fastest:
+        return [f"With {where}, {best['strategy']} is both the most accurate and the fastest "
+                f"({best['mean_wall_seconds']:,.0f} s wall time per run)."]
+    return [f"With {where}, {fastest['strategy']} takes {fastest['mean_wall_seconds']:,.0f} s for "
+            f"{fastest['mean_test_accuracy']:.1%}; {best['strategy']} takes {best['mean_wall_seconds']:,.0f} s "
+            f"for {best['mean_test_accuracy']:.1%}."]
+
+
+def plot_accuracy_vs_shots(summary: list[dict], rows: list[dict], path: Path) -> Path:
+    """Mean test accuracy (error bars: std over seeds; dots: single runs) vs images per class, log scale."""
+    figure = new_figure(7, 4.5)
+    axes = figure.subplots()
+    for strategy in dict.fromkeys(entry["strategy"] for entry in summary):
+        entries = [entry for entry in summary if entry["strategy"] == strategy]
+        axes.errorbar([entry["images_per_class"] for entry in entries], [entry["mean_test_accuracy"] for entry in entries],
+                      yerr=[entry["std_test_accuracy"] for entry in entries], marker="o", capsize=3, label=strategy,
+                      color=_colour(strategy))
+        singles = [row for row in rows if row["strategy"] == strategy]
+        axes.scatter([row["images_per_class"] for row in singles], [row["test_accuracy"] for row in singles], s=10,
+                     alpha=0.35, color=_colour(strategy))
+    axes.set_xscale("log")
+    axes.set_xlabel("training images per class (log scale)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("When does transfer learning work?")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    return save_png(figure, path)
+
+
+def plot_accuracy_vs_epoch(rows: list[dict], path: Path) -> Path:
+    """Validation accuracy per epoch: one panel per shot size, one line per strategy (first seed)."""
+    shot_sizes = sorted({row["shots"] for row in rows}, key=_shots_order)
+    columns = min(3, len(shot_sizes))
+    lines = math.ceil(len(shot_sizes) / columns)
+    figure = new_figure(4.2 * columns, 3.2 * lines)
+    grid = figure.subplots(lines, columns, squeeze=False, sharey=True)
+    for axes, shots in zip(grid.flat, shot_sizes):
+        shown = set()
+        for row in sorted(rows, key=lambda row: row["seed"]):
+            if row["shots"] != shots or row["strategy"] in shown:
+                continue
+            shown.add(row["strategy"])
+            axes.plot([point["epoch"] for point in row["curve"]], [point["val_accuracy"] for point in row["curve"]],
+                      label=row["strategy"], color=_colour(row["strategy"]))
+        axes.set_title(describe_shots(shots, next(r["images_per_class"] for r in rows if r["shots"] == shots)),
+                       fontsize=9)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+    for axes in grid[:, 0]:
+        axes.set_ylabel("validation accuracy")
+    for axes in list(grid.flat)[len(shot_sizes):]:
+        axes.axis("off")
+    grid.flat[0].legend(fontsize=8)
+    return save_png(figure, path)
+
+
+def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
+    """Left: validation accuracy vs training time at the largest shot size. Right: every run, test accuracy vs wall time."""
+    largest = max((row["shots"] for row in rows), key=_shots_order)
+    figure = new_figure(11, 4.2)
+    curves, runs = figure.subplots(1, 2)
+    shown = set()
+    for row in sorted(rows, key=lambda row: row["seed"]):
+        if row["shots"] == largest and row["strategy"] not in shown:
+            shown.add(row["strategy"])
+            curves.plot([point["seconds"] for point in row["curve"]], [point["val_accuracy"] for point in row["curve"]],
+                        marker=".", label=row["strategy"], color=_colour(row["strategy"]))
+    curves.set_title(f"Validation accuracy while training, {describe_shots(largest, 0) if largest != 'all' else 'all images'}",
+                     fontsize=9)
+    curves.set_xlabel("training seconds (validation included)")
+    curves.set_ylabel("validation accuracy")
+    for strategy in dict.fromkeys(row["strategy"] for row in rows):
+        own = [row for row in rows if row["strategy"] == strategy]
+        runs.scatter([row["wall_seconds"] for row in own], [row["test_accuracy"] for row in own], label=strategy,
+                     color=_colour(strategy), s=[12 + 6 * math.log2(1 + row["images_per_class"]) for row in own],
+                     alpha=0.7)
+    runs.set_xscale("log")
+    runs.set_title("Every run (marker size: images per class)", fontsize=9)
+    runs.set_xlabel("wall seconds of the whole run (log scale)")
+    runs.set_ylabel("test accuracy")
+    for axes in (curves, runs):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    return save_png(figure, path)
+
+
+def summary_table_markdown(summary: list[dict]) -> str:
+    lines = ["| strategy | images per class | runs | test accuracy | spread (min–max) | epochs | wall s | trainable parameters |",
+             "|---|---|---|---|---|---|---|---|"]
+    for entry in summary:
+        shots = "all" if entry["shots"] == "all" else entry["shots"]
+        lines.append(f"| {entry['strategy']} | {shots} ({entry['images_per_class']:,.0f}) | {entry['runs']} | "
+                     f"{entry['mean_test_accuracy']:.2%} | {entry['min_test_accuracy']:.1%}–{entry['max_test_accuracy']:.1%} "
+                     f"| {entry['mean_epochs']:.0f} | {entry['mean_wall_seconds']:,.0f} | {entry['trainable_parameters']:,} |")
+    return "\n".join(lines)
+
+
+def write_study_files(folder: Path, record: dict) -> None:
+    """study.json (with summary and findings added), the three plots and README.md, each replaced whole."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarize(record["rows"])
+    record = {**record, "summary": summary, "findings": findings(summary), "best_run": best_run(record["rows"])}
+    write_study_record(folder, record)
+    plot_accuracy_vs_shots(summary, record["rows"], folder / "accuracy_vs_shots.png")
+    plot_accuracy_vs_epoch(record["rows"], folder / "accuracy_vs_epoch.png")
+    plot_accuracy_vs_time(record["rows"], folder / "accuracy_vs_time.png")
+    atomic.write_text(folder / CARD_FILE, study_readme(record))
+
+
+def best_run(rows: list[dict]) -> str:
+    """The run the study serves as its model: the most accurate at the largest shot size."""
+    largest = max((row["shots"] for row in rows), key=_shots_order)
+    return max((row for row in rows if row["shots"] == largest), key=lambda row: row["test_accuracy"])["run"]
+
+
+def study_overview(study: dict, rows: list[dict], summary: list[dict], served_run: str,
+                   quote: Callable[[object], str] = lambda value: f"`{value}`",
+                   plain: Callable[[object], str] = str) -> list[str]:
+    """The study's question, runs, budget and findings as Markdown lines: the study card's and the Study tab's.
+    quote and plain render values read from study.json (the app escapes them)."""
+    training, settings = study["training"], study["study"]
+    budget = (f"{int(training.get('epochs', 0))} epochs" if settings.get("budget") == "epochs"
+              else f"{float(settings.get('minutes', 0)):g} minutes of training")
+    size = training.get("image_size")
+    lines = [f"When does transfer learning work? {quote(training.get('model'))} on {quote(training.get('dataset'))}: "
+             f"{len(rows)} of {int(study.get('planned_runs', len(rows)))} runs finished, each with the same budget "
+             f"({budget}), the same validation and test images, at "
+             f"{int(size) if isinstance(size, int) else 'the pretrained'} px. The Classify tab serves {quote(served_run)}.",
+             "", "**Findings**", ""]
+    lines += [f"- {sentence}" for sentence in findings(summary)]
+    if study.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(plain(reason) for reason in study["skipped"][:20]) + "."]
+    return lines
+
+
+def study_readme(record: dict) -> str:
+    """The study folder's README (the Hub repo's card): overview, findings, table, plots."""
+    lines = ["---", "library_name: timm", "tags: [image-classification, transfer-learning, tl-space, study]", "---", "",
+             f"# Study: `{record['training']['model']}` on `{record['training']['dataset']}`", "",
+             *study_overview(record, record["rows"], record["summary"], record["best_run"]), "",
+             "Each run is a model folder under `runs/`.", "", "## Results", "",
+             summary_table_markdown(record["summary"]), ""]
+    lines += [f"![{title}]({name})\n" for name, title in STUDY_PLOTS.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,236 @@
+"""Study mode: when does transfer learning work? Every strategy at every few-shot size, one budget, one command.
+
+    accelerate launch -m tl_space.study --strategies scratch,linear-probe,partial,finetune,lp-ft \\
+        --shots-per-class 1,5,10,50,500,all --model ... --output-dir studies/cifar10
+
+Each run is a normal model folder under <output-dir>/runs/; study.json, the plots and README.md sit beside them.
+Rerunning the command skips finished runs and resumes an interrupted one from its last epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from tl_space import hub
+from tl_space import data as data_module
+from tl_space.errors import UserError, exit_code
+from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, RUNS_DIR, differing_settings
+from tl_space.settings import TrainSettings, add_arguments, check_settings, option
+from tl_space.strategies import NAMES
+from tl_space.study.report import write_study_files
+from tl_space.training import checkpoint
+from tl_space.training.run import make_accelerator, run
+
+BUDGETS = ("epochs", "minutes")
+STUDY_MIN_EPOCH_IMAGES = 2048
+# Training options the study sets per run (or for the whole study folder), so they are not options of the study.
+STUDY_DECIDES = ("strategy", "shots_per_class", "train_fraction", "max_train_minutes", "split_seed", "output_dir",
+                 "resume", "push_to_hub", "hub_model_id", "private")
+
+
+@dataclass
+class StudySettings:
+    """What a study compares and under which budget; training holds the options every run shares."""
+
+    strategies: str = option(",".join(NAMES), "comma-separated strategies to compare")
+    shots_per_class: str = option("1,5,10,50,500,all", "comma-separated training images per class; all: every "
+                                  "training image. Sizes larger than the smallest class are skipped")
+    seeds: int = option(3, "runs (with seeds --seed, --seed+1, ...) of each shot size up to --repeat-up-to; "
+                           "the validation and test images stay the same")
+    repeat_up_to: int = option(10, "shot sizes up to this many images per class are run --seeds times, larger once")
+    budget: str = option("epochs", "what every run gets the same amount of: epochs (--epochs; lp-ft also "
+                                   "--probe-epochs) or minutes (--minutes of training each; --epochs is then a cap)",
+                         choices=BUDGETS)
+    minutes: float = option(5.0, "with --budget minutes: training minutes per run, validation included")
+    output_dir: str = option("studies/cifar10", "the study folder: study.json, plots, README.md, and runs/<run>/")
+    push_to_hub: bool = option(False, "upload the whole study folder to the Hub as one model repo at the end")
+    hub_model_id: str | None = option(None, "OWNER/NAME of the repo to push the study to")
+    private: bool = option(False, "with --push-to-hub: create the repo private")
+    training: TrainSettings = field(default_factory=TrainSettings)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    strategy: str
+    shots: int | None  # None: all training images
+    seed: int
+
+    @property
+    def name(self) -> str:
+        shots = "all" if self.shots is None else f"{self.shots}shot"
+        return f"{RUNS_DIR}/{self.strategy}-{shots}-seed{self.seed}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="accelerate launch -m tl_space.study", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser, StudySettings)
+    add_arguments(parser.add_argument_group("training options, the same for every run (as in train.py)"),
+                  TrainSettings, exclude=STUDY_DECIDES)
+    # A 1-shot CIFAR-10 subset is 10 images: one step per epoch would leave it untrained within any epoch budget.
+    parser.set_defaults(min_epoch_images=STUDY_MIN_EPOCH_IMAGES)
+    return parser
+
+
+def parse_study_settings(argv: typing.Sequence[str] | None = None) -> StudySettings:
+    """StudySettings (with their TrainSettings) from command-line arguments."""
+    values = vars(build_parser().parse_args(argv))
+    study_names = {settings_field.name for settings_field in dataclasses.fields(StudySettings)} - {"training"}
+    training_settings = TrainSettings(**{name: value for name, value in values.items() if name not in study_names})
+    return StudySettings(**{name: values[name] for name in study_names}, training=training_settings)
+
+
+def parse_strategies(text: str) -> list[str]:
+    strategies = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in strategies if name not in NAMES]
+    if unknown or not strategies:
+        raise UserError(f"--strategies {text!r}: {', '.join(unknown) or 'none given'}; pick from {', '.join(NAMES)}")
+    return strategies
+
+
+def parse_shots(text: str) -> list[int | None]:
+    """Shot sizes, smallest first, None (all) last."""
+    shots: set[int | None] = set()
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        if part == "all":
+            shots.add(None)
+        elif part.isdigit() and int(part) > 0:
+            shots.add(int(part))
+        else:
+            raise UserError(f"--shots-per-class {text!r}: {part!r} is neither a positive whole number nor 'all'")
+    if not shots:
+        raise UserError("--shots-per-class is empty; give sizes such as 1,5,10,50,500,all")
+    return sorted(shots, key=lambda size: float("inf") if size is None else size)
+
+
+def check_study(study: StudySettings) -> None:
+    """Stop before any work on study options that can never be right."""
+    parse_strategies(study.strategies)
+    parse_shots(study.shots_per_class)
+    if study.budget not in BUDGETS:
+        raise UserError(f"--budget {study.budget!r} is not one of {', '.join(BUDGETS)}")
+    if study.seeds <= 0 or study.repeat_up_to < 0 or study.minutes <= 0:
+        raise UserError("--seeds and --minutes must be greater than 0, --repeat-up-to not negative")
+    check_settings(study.training)
+
+
+def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRun], list[str]]:
+    """Every (strategy, shots, seed) to run, and a note for each shot size the data cannot give."""
+    runs, skipped = [], []
+    base_seed = study.training.seed
+    for shots in parse_shots(study.shots_per_class):
+        if shots is not None and shots > smallest_class:
+            skipped.append(f"{shots} images per class: the smallest class has {smallest_class} for training")
+            continue
+        repeats = study.seeds if shots is not None and shots <= study.repeat_up_to else 1
+        for strategy in parse_strategies(study.strategies):
+            runs += [PlannedRun(strategy, shots, base_seed + repeat) for repeat in range(repeats)]
+    return runs, skipped
+
+
+def smallest_training_class(training_settings: TrainSettings) -> int:
+    """Images in the smallest class after the validation hold-out: the largest shot size the data allows."""
+    dataset_dict, _, label_column, class_names = data_module.open_dataset(
+        training_settings.dataset, training_settings.image_column, training_settings.label_column,
+        training_settings.train_split, training_settings.test_split)
+    labels = torch.tensor(dataset_dict[training_settings.train_split][label_column], dtype=torch.int64)
+    val_size = training_settings.val_size or data_module.default_val_size(len(labels))
+    held_out = data_module.stratified_counts(labels, len(class_names), val_size)
+    return int((torch.bincount(labels, minlength=len(class_names)) - held_out).min())
+
+
+def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:
+    """The run's TrainSettings: the shared ones, with this run's strategy, shots and seed, and one split seed for all."""
+    run_dir = Path(study.output_dir) / planned.name
+    return dataclasses.replace(
+        study.training, strategy=planned.strategy, shots_per_class=planned.shots, train_fraction=None,
+        seed=planned.seed, split_seed=study.training.seed, output_dir=str(run_dir),
+        max_train_minutes=study.minutes if study.budget == "minutes" else None,
+        resume=checkpoint.find_checkpoint(run_dir / CHECKPOINT_DIR) is not None,
+        push_to_hub=False, hub_model_id=None, private=False)
+
+
+def finished_metrics(settings: TrainSettings) -> dict | None:
+    """The metrics of a finished run with these same settings in settings.output_dir, else None."""
+    run_dir = Path(settings.output_dir)
+    metrics_path = run_dir / METRICS_FILE
+    if settings.resume or not metrics_path.is_file():
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    return None if differing_settings(metrics.get("settings", {}), settings.published()) else metrics
+
+
+def study_row(planned: PlannedRun, metrics: dict) -> dict:
+    """One run as a row of study.json."""
+    elapsed, curve = 0.0, []
+    for entry in metrics["history"]:
+        elapsed += entry["seconds"]
+        curve.append({"epoch": entry["epoch"], "val_accuracy": entry["val_accuracy"], "seconds": round(elapsed, 2)})
+    data = metrics["data"]
+    return {
+        "run": planned.name, "strategy": planned.strategy, "shots": "all" if planned.shots is None else planned.shots,
+        "seed": planned.seed, "train_images": data["train_images"],
+        "images_per_class": data["train_images"] / len(data["class_names"]),
+        "test_accuracy": metrics["test"]["accuracy"], "best_epoch": metrics["test"]["best_epoch"],
+        "epochs": len(metrics["history"]), "wall_seconds": round(metrics["timing"]["total_seconds"], 2),
+        "training_seconds": round(metrics["timing"]["training_seconds"], 2),
+        "trainable_parameters": metrics["trainable_parameters"], "curve": curve,
+    }
+
+
+def run_study(study: StudySettings) -> Path:
+    """Run (or skip, or resume) every planned run, keeping study.json, the plots and README.md current."""
+    check_study(study)
+    output_dir = Path(study.output_dir)
+    if study.push_to_hub:  # before hours of training, as train.py does
+        hub.check_push_access(study.hub_model_id)
+    runs, skipped = plan_runs(study, smallest_training_class(study.training))
+    if not runs:
+        raise UserError(f"--shots-per-class {study.shots_per_class!r} leaves nothing to run: " + "; ".join(skipped))
+    # One accelerator for all runs (one process group); the dataset decoded once for every run.
+    accelerator: Accelerator = make_accelerator(study.training.mixed_precision, study.training.report_to,
+                                                str(output_dir))
+    decoded_store = data_module.DecodedDataStore()
+    rows = []
+    for number, planned in enumerate(runs, start=1):
+        settings = run_settings(study, planned)
+        metrics = finished_metrics(settings)
+        if accelerator.is_main_process:
+            state = "done before, kept" if metrics else ("resuming" if settings.resume else "running")
+            tqdm.write(f"[study {number}/{len(runs)}] {planned.name}: {state}")
+        if metrics is None:
+            run(settings, accelerator=accelerator, decoded_store=decoded_store)
+            metrics = json.loads((Path(settings.output_dir) / METRICS_FILE).read_text())
+        rows.append(study_row(planned, metrics))
+        if accelerator.is_main_process:
+            write_study_files(output_dir, study_record(study, rows, skipped, len(runs)))
+    accelerator.wait_for_everyone()
+    if study.push_to_hub and accelerator.is_main_process:
+        url = hub.push_model_folder(output_dir, study.hub_model_id, private=study.private,
+                              commit_message=f"Study {output_dir.name} (tl-space): {len(rows)} runs")
+        tqdm.write(f"pushed the study to https://huggingface.co/{study.hub_model_id} ({url})")
+    accelerator.end_training()
+    return output_dir
+
+
+def study_record(study: StudySettings, rows: list[dict], skipped: list[str], planned: int) -> dict:
+    """What study.json holds: the settings, one row per finished run, and what was skipped."""
+    settings = {name: getattr(study, name) for name in ("strategies", "shots_per_class", "seeds", "repeat_up_to",
+                                                        "budget", "minutes", "output_dir")}
+    settings["output_dir"] = Path(study.output_dir).name  # no path of this machine in what is published
+    return {"study": settings, "training": study.training.published(), "planned_runs": planned, "rows": rows,
+            "skipped": skipped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    study = parse_study_settings(argv)
+    return exit_code(lambda: print(f"study written to {run_study(study)}"))

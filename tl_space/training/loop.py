@@ -1,0 +1,201 @@
+"""The training loop: stages of epochs over in-memory splits, validated, checkpointed and timed, on any accelerator."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast
+from torch import nn
+from tqdm.auto import tqdm
+
+from tl_space import model as model_module
+from tl_space.data import DataSplits
+from tl_space.errors import UserError
+from tl_space.training import checkpoint
+from tl_space.training.batches import InputsFn, index_loader, predict
+from tl_space.training.evaluation import classification_metrics
+
+WARMUP_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What every stage's loop needs of the run's settings, resolved to plain values."""
+
+    batch_size: int
+    weight_decay: float
+    seed: int
+    min_epoch_images: int
+    max_train_minutes: float | None
+    keep_batchnorm_statistics: bool
+    published_settings: dict  # recorded in each checkpoint, so --resume can check it continues the same run
+
+
+@dataclass
+class Stage:
+    """One phase of training: which module learns, on what inputs, for how long."""
+
+    index: int
+    name: str
+    module: nn.Module
+    train_inputs: InputsFn
+    val_inputs: InputsFn
+    epochs: int
+    lr: float
+    eval_batch_size: int
+
+
+@dataclass
+class RunState:
+    """What carries over between epochs and stages, and what a resumed run starts from."""
+
+    checkpoint_dir: Path
+    generator: torch.Generator  # augmentation
+    history: list[dict]
+    best: dict  # accuracy, epoch, state (the model's state_dict at its best validation accuracy)
+    resume_stage: int | None = None  # the stage a resumed run continues, None for a fresh run
+    resume_epochs_done: int = 0
+
+
+@dataclass
+class TimeBudget:
+    """A stage's share of --max-train-minutes: the fraction spent, agreed by all processes so they stop together."""
+
+    allowed_seconds: float | None  # None: no time budget
+    spent_before: float = 0.0  # by this stage's finished epochs
+    epoch_started: float = 0.0
+    fraction: float = 0.0
+
+    def update(self, accelerator: Accelerator) -> None:
+        if self.allowed_seconds is None:
+            return
+        spent = self.spent_before + time.perf_counter() - self.epoch_started
+        fraction = torch.tensor([spent / max(self.allowed_seconds, 1e-9)], device=accelerator.device)
+        if accelerator.num_processes > 1:  # one clock, process 0's: the same learning rate and last step everywhere
+            fraction = broadcast(fraction, from_process=0)
+        self.fraction = float(fraction)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.allowed_seconds is not None and self.fraction >= 1
+
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
+                       time_fraction: Callable[[], float] = lambda: 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0, over total_steps or over a time budget, whichever is further along."""
+    warmup_steps = max(1, int(total_steps * WARMUP_FRACTION))
+
+    def factor(step: int) -> float:
+        time_progress = time_fraction()
+        if step < warmup_steps and time_progress < WARMUP_FRACTION:
+            return max((step + 1) / warmup_steps, time_progress / WARMUP_FRACTION)
+        progress = max((step - warmup_steps) / max(1, total_steps - warmup_steps),
+                       (time_progress - WARMUP_FRACTION) / (1 - WARMUP_FRACTION))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+
+def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits: DataSplits,
+                settings: LoopSettings, run_state: RunState) -> None:
+    """Train stage.module for stage.epochs (from its checkpoint when resuming this stage); append per-epoch metrics
+    to run_state.history, keep the best model in run_state.best, and checkpoint after every epoch."""
+    trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
+    loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed,
+                          min_samples=settings.min_epoch_images)
+    module, optimizer, loader = accelerator.prepare(stage.module, optimizer, loader)
+    # Counted in optimizer steps of the sharded loader and stepped by us, not by accelerate's per-process
+    # scheduler wrapper: N processes then follow the same schedule as one process with N times the batch.
+    budget = TimeBudget(None)
+    scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader), lambda: budget.fraction)
+    done = 0
+    if run_state.resume_stage == stage.index:
+        checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator, stage.lr)
+        done = run_state.resume_epochs_done
+    history, best = run_state.history, run_state.best
+    train_labels = splits.train.labels.to(accelerator.device)
+    first_epoch = len(history) - done + 1
+    last_epoch = first_epoch + stage.epochs - 1
+    if settings.max_train_minutes:  # earlier stages' time counts against the run's budget
+        budget.allowed_seconds = settings.max_train_minutes * 60 - sum(e["seconds"] for e in history[:first_epoch - 1])
+        budget.spent_before = sum(entry["seconds"] for entry in history[first_epoch - 1:])
+        if budget.allowed_seconds <= 0:
+            if accelerator.is_main_process:
+                tqdm.write(f"{stage.name}: skipped, the {settings.max_train_minutes:g}-minute budget is spent")
+            return
+    for epoch in range(first_epoch + done, last_epoch + 1):
+        loader.set_epoch(epoch)
+        model_module.train_mode(module, settings.keep_batchnorm_statistics)
+        started = budget.epoch_started = time.perf_counter()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        correct = torch.zeros((), device=accelerator.device)
+        seen = torch.zeros((), device=accelerator.device)
+        progress = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{last_epoch}",
+                        disable=not accelerator.is_local_main_process)
+        for step, indices in enumerate(progress, start=1):
+            indices = indices.to(accelerator.device)
+            labels = train_labels[indices]
+            with accelerator.autocast():
+                logits = module(stage.train_inputs(indices, True))
+                loss = F.cross_entropy(logits.float(), labels)
+            if not torch.isfinite(loss):  # before the step: the weights and the last checkpoint stay good
+                kept = (f"the last good checkpoint (epoch {len(history)}) is kept in {run_state.checkpoint_dir}"
+                        if history else "no epoch finished, so there is no checkpoint")
+                advice = (f"rerun with --resume and a lower --lr (now {stage.lr})" if history else
+                          f"lower --lr (now {stage.lr}) or use --mixed-precision no")
+                raise UserError(f"the training loss became {loss.item()} in epoch {epoch}, step {step} of "
+                                f"{len(loader)}; {kept}. To go on, {advice}")
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            budget.update(accelerator)
+            if budget.exhausted:  # this epoch ends here, validated and saved like any other
+                break
+        totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
+        train_seconds = time.perf_counter() - started
+        val_logits = predict(accelerator, accelerator.unwrap_model(module), stage.val_inputs, len(splits.val),
+                             stage.eval_batch_size)
+        val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
+        entry = {
+            "epoch": epoch, "stage": stage.name,
+            "train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "seconds": time.perf_counter() - started, "train_images_per_second": float(totals[2]) / train_seconds,
+            "lr": stage.lr,
+        }
+        history.append(entry)
+        accelerator.log({k: v for k, v in entry.items() if k != "stage"}, step=epoch)
+        if accelerator.is_main_process:
+            tqdm.write(f"epoch {epoch} ({stage.name}): train loss {entry['train_loss']:.4f} "
+                       f"acc {entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} "
+                       f"acc {entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
+        if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
+            best.update(accuracy=entry["val_accuracy"], epoch=epoch,
+                        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        progress_record = {"settings": settings.published_settings, "stage": stage.name, "stage_index": stage.index,
+                           "stage_epochs_done": epoch - first_epoch + 1, "history": history,
+                           "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}
+        checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress_record, best["state"], scheduler,
+                                   run_state.generator)
+        budget.spent_before += entry["seconds"]
+        budget.epoch_started = time.perf_counter()
+        budget.update(accelerator)
+        if budget.exhausted:
+            if accelerator.is_main_process:
+                tqdm.write(f"{stage.name}: the {settings.max_train_minutes:g}-minute budget is spent after epoch {epoch}")
+            break
+    accelerator.free_memory()
+

@@ -16,6 +16,7 @@ def test_each_strategy_trains_its_stages_at_its_learning_rate():
     assert _stages("partial") == [("partial", False, 5, 3e-4)]
     assert _stages("finetune") == [("finetune", False, 5, 1e-4)]
     assert _stages("lp-ft") == [(PROBE_STAGE, True, 3, HEAD_LR), ("finetune", False, 5, 1e-4)]
+    assert _stages("class-means") == []
 
 
 def test_lr_sets_the_last_stage_only():
@@ -25,7 +26,8 @@ def test_lr_sets_the_last_stage_only():
 
 def test_only_scratch_starts_from_random_weights_and_only_the_probe_keeps_the_backbone_frozen():
     assert [name for name in NAMES if not STRATEGIES[name].pretrained] == ["scratch"]
-    assert [name for name in NAMES if STRATEGIES[name].frozen_backbone] == ["linear-probe"]
+    assert [name for name in NAMES if STRATEGIES[name].frozen_backbone] == ["linear-probe", "class-means"]
+    assert [name for name in NAMES if not STRATEGIES[name].trains_at_all] == ["class-means"]
     assert {STRATEGIES[name].trains for name in NAMES} == {"all", "head", "last stages"}
 
 

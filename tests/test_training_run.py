@@ -15,7 +15,9 @@ from PIL import Image
 
 from conftest import CLASS_NAMES, TINY_MODEL
 from tl_space import data
-from tl_space.strategies import NAMES as STRATEGIES
+from tl_space.strategies import NAMES, STRATEGIES as STRATEGY_TABLE
+
+STRATEGIES = [name for name in NAMES if STRATEGY_TABLE[name].trains_at_all]  # the five that train
 from tl_space.training.evaluation import classification_metrics
 from tl_space.folder.read import load_model_folder
 from tl_space.settings import TrainSettings
@@ -234,3 +236,45 @@ def test_a_dataset_in_the_hub_cache_is_named_by_its_hub_id(tiny_dataset, tmp_pat
     assert settings.published()["dataset"] == "uoft-cs/cifar10"
     assert TrainSettings(dataset=str(tiny_dataset)).published()["dataset"] == tiny_dataset.name
     assert TrainSettings(dataset="uoft-cs/cifar10").published()["dataset"] == "uoft-cs/cifar10"
+
+
+def test_class_means_trains_nothing_and_its_head_is_the_normalised_class_means(tiny_dataset, pretrained_file, tmp_path):
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "means", pretrained_file, strategy="class-means"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["history"] == [] and metrics["stopped_by"] == "no training" and metrics["test"]["best_epoch"] == 0
+    assert metrics["test"]["accuracy"] > 2 / len(CLASS_NAMES)  # well above chance on the colours
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    pretrained = timm.create_model(TINY_MODEL, pretrained=True, num_classes=len(CLASS_NAMES),
+                                   pretrained_cfg_overlay={"file": str(pretrained_file)}).eval()
+    weights = model.get_classifier().weight.detach()
+    cosines = torch.nn.functional.normalize(weights, dim=1) @ torch.nn.functional.normalize(weights, dim=1).T
+    assert torch.allclose(cosines.diagonal(), torch.ones(len(CLASS_NAMES)), atol=1e-5)
+    assert torch.equal(model.get_classifier().bias.detach(), torch.zeros(len(CLASS_NAMES)))
+    for key, value in pretrained.state_dict().items():  # the backbone is the pretrained one, untouched
+        if not key.startswith("fc."):
+            assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_head_init_class_means_starts_the_probe_where_the_zero_head_ends_up(tiny_dataset, pretrained_file, tmp_path):
+    first_epoch = {}
+    for head_init in ("zero", "class-means"):
+        folder = run(tiny_settings(tiny_dataset, tmp_path / head_init, pretrained_file, strategy="linear-probe",
+                                   epochs=1, lr=1e-6, head_init=head_init))
+        first_epoch[head_init] = json.loads((folder / "metrics.json").read_text())["history"][0]["val_accuracy"]
+    # With a learning rate too small to move the head, the zero head stays at chance; the imprinted one classifies.
+    assert first_epoch["zero"] <= 1.5 / len(CLASS_NAMES) < 0.6 <= first_epoch["class-means"]
+
+
+def test_patience_stops_a_stage_that_no_longer_improves(tiny_dataset, pretrained_file, tmp_path):
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "patient", pretrained_file, strategy="linear-probe",
+                               epochs=30, lr=1e-7, patience=2))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "patience" and len(metrics["history"]) < 30
+    best = metrics["test"]["best_epoch"]
+    assert len(metrics["history"]) == best + 2  # two epochs without a better validation accuracy, then the stop
+
+
+def test_class_means_needs_a_probe(tiny_dataset, pretrained_file, tmp_path):
+    from tl_space.errors import UserError
+    with pytest.raises(UserError, match="--head-init class-means needs the frozen features of a probe"):
+        run(tiny_settings(tiny_dataset, tmp_path / "x", pretrained_file, strategy="finetune", head_init="class-means"))

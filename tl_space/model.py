@@ -9,6 +9,7 @@ import timm
 import torch
 from torch import nn
 
+from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn with timm)
 from tl_space.errors import UserError
 
 MODEL_SOURCES = ("hf-hub:", "local-dir:")
@@ -64,6 +65,33 @@ def zero_classifier(model: nn.Module) -> None:
         nn.init.zeros_(head.weight)
         if head.bias is not None:
             nn.init.zeros_(head.bias)
+
+
+# The cosine between a feature and its class's mean, times this, is the class's starting logit: confident enough to be
+# a classifier at once, small enough that a probe's first steps still move it.
+IMPRINT_SCALE = 10.0
+
+
+@torch.no_grad()
+def imprint_classifier(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Set a linear head to the normalised class means of L2-normalised features (weight imprinting, Qi et al.
+    2018), bias zero: a nearest-class-mean classifier by cosine, up to the scale of each feature vector. Every class
+    needs at least one image."""
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise UserError(f"--head-init class-means needs a linear head; {type(model).__name__}'s is a "
+                        f"{type(head).__name__}: use --head-init zero")
+    normalised = torch.nn.functional.normalize(features.float(), dim=1)
+    counts = torch.bincount(labels, minlength=head.out_features)
+    if int(counts.min()) == 0:
+        raise UserError("--head-init class-means needs at least one training image of every class")
+    means = torch.zeros(head.out_features, normalised.shape[1], device=normalised.device).index_add_(
+        0, labels.to(normalised.device), normalised)
+    # Features are not normalised at inference: dividing by their mean norm keeps logits on the cosine's scale.
+    scale = IMPRINT_SCALE / float(features.float().norm(dim=1).mean().clamp(min=1e-6))
+    head.weight.copy_(torch.nn.functional.normalize(means, dim=1).to(head.weight) * scale)
+    if head.bias is not None:
+        head.bias.zero_()
 
 
 def stage_names(model: nn.Module) -> list[str]:

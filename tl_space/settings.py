@@ -16,6 +16,7 @@ MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 COMPILE_CHOICES = ("auto", "yes", "no")
 FLIP_TTA_CHOICES = ("auto", "off")
 BATCHNORM_CHOICES = ("auto", "pretrained", "batch")
+HEAD_INIT_CHOICES = ("zero", "class-means")
 # Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
@@ -71,6 +72,12 @@ class TrainSettings:
                              "learned stay put when fine-tuning starts; batch: by each batch's statistics, updating "
                              "the running ones (PyTorch's train mode); auto: batch for scratch, else pretrained",
                              choices=BATCHNORM_CHOICES)
+    head_init: str = option("zero", "how a new head on pretrained features starts: zero (uniform predictions) or "
+                                    "class-means: each class's weights the normalised mean of its training images' "
+                                    "frozen features (weight imprinting, Qi et al. 2018); class-means needs the "
+                                    "frozen features of linear-probe or lp-ft", choices=HEAD_INIT_CHOICES)
+    patience: int | None = option(None, "stop a stage once validation accuracy has not improved for this many epochs; "
+                                        "if unset, every epoch runs")
     lr: float | None = option(None, "peak learning rate of AdamW (for lp-ft: of the fine-tuning stage); if unset, "
                                + ", ".join(f"{s.lr} for {s.name}" for s in strategies.STRATEGIES.values())
                                + f" ({strategies.HEAD_LR} for lp-ft's probe stage)")
@@ -174,19 +181,24 @@ def check_settings(settings: TrainSettings) -> None:
     """Stop before any work on a value that can never be right, naming it and what is accepted."""
     if settings.strategy not in strategies.NAMES:
         raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(strategies.NAMES)}")
+    chosen = strategies.STRATEGIES[settings.strategy]
     if settings.mixed_precision not in MIXED_PRECISION_CHOICES:
         raise UserError(f"--mixed-precision {settings.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
     if settings.flip_tta not in FLIP_TTA_CHOICES:
         raise UserError(f"--flip-tta {settings.flip_tta!r} is not one of {', '.join(FLIP_TTA_CHOICES)}")
+    if settings.head_init not in HEAD_INIT_CHOICES:
+        raise UserError(f"--head-init {settings.head_init!r} is not one of {', '.join(HEAD_INIT_CHOICES)}")
+    if settings.head_init == "class-means" and not chosen.probe_first:
+        raise UserError(f"--head-init class-means needs the frozen features of a probe; --strategy {settings.strategy} "
+                        "has none: use linear-probe or lp-ft, or --head-init zero")
     if settings.compile not in COMPILE_CHOICES:
         raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
-                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes")
+                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes", "patience")
     for name in positive:
         value = getattr(settings, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} {value} must be greater than 0")
-    chosen = strategies.STRATEGIES[settings.strategy]
     if chosen.probe_first and not chosen.frozen_backbone and settings.probe_epochs <= 0:
         raise UserError(f"--probe-epochs {settings.probe_epochs} must be greater than 0 with --strategy lp-ft")
     if settings.train_fraction is not None and not 0 < settings.train_fraction <= 1:

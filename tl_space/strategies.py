@@ -22,6 +22,7 @@ class Strategy:
     lr: float  # the default peak learning rate of the strategy's last stage
     batchnorm: str  # --batchnorm auto: "pretrained" (running statistics kept) or "batch"
     description: str
+    trains_at_all: bool = True  # False: the head is set from the data (class means) and never trained
 
     @property
     def frozen_backbone(self) -> bool:
@@ -42,6 +43,10 @@ STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
     Strategy("lp-ft", pretrained=True, probe_first=True, image_stage="finetune", trains="all", lr=1e-4,
              batchnorm="pretrained", description="a linear probe first, then fine-tuning from its head "
                                                  "(Kumar et al. 2022)"),
+    Strategy("class-means", pretrained=True, probe_first=True, image_stage=None, trains="head", lr=HEAD_LR,
+             batchnorm="pretrained", trains_at_all=False,
+             description="no training: the head is the normalised class means of the frozen features, a nearest "
+                         "class mean classifier (the imprinted weights of Qi et al. 2018)"),
 )}
 NAMES = tuple(STRATEGIES)
 
@@ -65,6 +70,8 @@ class StagePlan:
 def stages(strategy: Strategy, epochs: int, probe_epochs: int, lr: float | None) -> list[StagePlan]:
     """The stages a run of strategy trains, in order; lr (--lr), when given, is the last stage's peak learning rate."""
     plans = []
+    if not strategy.trains_at_all:
+        return plans
     if strategy.probe_first:
         last = strategy.image_stage is None
         plans.append(StagePlan(0, PROBE_STAGE, True, epochs if last else probe_epochs,

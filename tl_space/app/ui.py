@@ -20,7 +20,7 @@ from tl_space.app.markdown import code, text
 from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
 from tl_space.folder.read import LoadedModel, public_plots
 from tl_space.folder.study import load_study
-from tl_space.folder.summary import run_summary
+from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
 from tl_space.images import ImageError, open_image
 from tl_space.settings import REPORTING_SETTINGS
 from tl_space.study.report import study_overview, summarize
@@ -135,12 +135,13 @@ def report_markdown(loaded: LoadedModel) -> str:
 
 
 def study_table(summary: list[dict]) -> list[list]:
-    return [[entry["strategy"], entry["shots"], round(entry["images_per_class"]), entry["runs"],
+    return [[entry["strategy"], f"{text(entry.get('model') or '?')} ({text(entry.get('image_size') or '?')} px)", entry["shots"],
+             round(entry["images_per_class"]), entry["runs"],
              round(entry["mean_test_accuracy"] * 100, 2), round(entry["std_test_accuracy"] * 100, 2),
              round(entry["mean_wall_seconds"]), entry["trainable_parameters"]] for entry in summary]
 
 
-STUDY_HEADERS = ["strategy", "shots per class", "images per class", "runs", "test accuracy (%)", "spread (± %)",
+STUDY_HEADERS = ["strategy", "model", "shots per class", "images per class", "runs", "test accuracy (%)", "spread (± %)",
                  "wall seconds", "trainable parameters"]
 
 
@@ -256,10 +257,9 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
             gr.Markdown(report_markdown(loaded))
             metrics = loaded.metrics
             if metrics:
-                per_class = [[text(name), round(float(accuracy) * 100, 2)] for name, accuracy in
-                             metrics["test"]["per_class_accuracy"].items()]
-                gr.Dataframe(per_class, headers=["class", "test accuracy (%)"], label="Per-class accuracy",
-                             interactive=False)
+                per_class = [[text(name), *values] for name, *values in per_class_rows(metrics["test"])]
+                gr.Dataframe(per_class, headers=PER_CLASS_HEADERS, interactive=False,
+                             label="Per class: accuracy (recall), precision and F1 on the test split")
             for file, title in REPORT_PLOTS.items():
                 if file in loaded.plots:
                     gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")

@@ -7,7 +7,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tl_space.folder.files import CARD_FILE
-from tl_space.folder.summary import run_summary
+from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
 from tl_space.strategies import STRATEGIES, keeps_batchnorm_statistics
 
 CARD_TEMPLATE = """---
@@ -24,9 +24,9 @@ tl-space by transfer learning: **{{ strategy }}** of the timm model
 
 {% for paragraph in summary %}{{ paragraph }}
 
-{% endfor %}| class | test accuracy |
-|---|---|
-{% for name, accuracy in per_class_accuracy %}| {{ name }} | {{ "%.2f" | format(accuracy * 100) }}% |
+{% endfor %}| {{ per_class_headers | join(" | ") }} |
+|---|---|---|---|
+{% for row in per_class %}| {{ row[0] }} |{% for value in row[1:] %} {{ "-" if value is none else "%.2f" | format(value) }} |{% endfor %}
 {% endfor %}
 
 ![Loss and accuracy per epoch](curves.png)
@@ -112,7 +112,7 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         model_name=model_name, num_classes=len(metrics["data"]["class_names"]),
         class_list=", ".join(metrics["data"]["class_names"][:20]) + ("…" if len(metrics["data"]["class_names"]) > 20 else ""),
         strategy=settings["strategy"], architecture=metrics["model"]["architecture"], base_model=base_model,
-        summary=run_summary(metrics), per_class_accuracy=list(test["per_class_accuracy"].items()),
+        summary=run_summary(metrics), per_class=per_class_rows(test), per_class_headers=PER_CLASS_HEADERS,
         misclassified_count=len(misclassified), epochs_run=len(metrics["history"]),
         image_size=preprocessing["image_size"], interpolation=preprocessing["interpolation"],
         mean=preprocessing["mean"], std=preprocessing["std"],

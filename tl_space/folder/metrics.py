@@ -15,12 +15,12 @@ REQUIRED_FIELDS = {"test.accuracy": (int, float), "test.loss": (int, float), "te
 OPTIONAL_SECTIONS = ("calibration", "flip_tta", "model", "timing")
 
 
-def metrics_record(*, history: list[dict], test: dict, settings: dict, model: dict, calibration: dict,
-                   flip_tta: dict | None, preprocessing: dict, data: dict, trainable_parameters: int,
+def metrics_record(*, history: list[dict], stopped_by: str, test: dict, settings: dict, model: dict,
+                   calibration: dict, flip_tta: dict | None, preprocessing: dict, data: dict, trainable_parameters: int,
                    total_parameters: int, timing: dict, hardware: dict) -> dict:
     """metrics.json's content, its sections in the order the file lists them."""
-    return {"history": history, "test": test, "settings": settings, "model": model, "calibration": calibration,
-            "flip_tta": flip_tta, "preprocessing": preprocessing, "data": data,
+    return {"history": history, "stopped_by": stopped_by, "test": test, "settings": settings, "model": model,
+            "calibration": calibration, "flip_tta": flip_tta, "preprocessing": preprocessing, "data": data,
             "trainable_parameters": trainable_parameters, "total_parameters": total_parameters, "timing": timing,
             "hardware": hardware}
 

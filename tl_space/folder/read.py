@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn with timm)
 from tl_space.errors import UserError
 from tl_space.folder import metrics as metrics_schema
 from tl_space.folder.files import (CONFIG_FILE, METRICS_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE, PICKLED_WEIGHTS,

@@ -37,3 +37,18 @@ def run_summary(metrics: dict, quote: Quote = _code, plain: Quote = str) -> list
             f"{plain(pair['true'])} → {plain(pair['predicted'])}: {int(pair['count'])}"
             for pair in test["most_confused"][:5]))
     return lines
+
+
+PER_CLASS_HEADERS = ["class", "accuracy (recall) %", "precision %", "F1 %"]
+
+
+def per_class_rows(test: dict) -> list[list]:
+    """One row per class of metrics.json's test section: name, recall (the per-class accuracy), precision and F1 in
+    percent; precision and F1 are None for folders written before they were recorded."""
+    rows = []
+    for name, accuracy in test["per_class_accuracy"].items():
+        tables = [test.get(f"per_class_{kind}") for kind in ("precision", "f1")]
+        extra = [table.get(name) if isinstance(table, dict) else None for table in tables]
+        rows.append([name, round(float(accuracy) * 100, 2),
+                     *[None if not isinstance(value, (int, float)) else round(float(value) * 100, 2) for value in extra]])
+    return rows

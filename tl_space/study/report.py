@@ -51,6 +51,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             "mean_wall_seconds": statistics.fmean(row["wall_seconds"] for row in members),
             "mean_epochs": statistics.fmean(row["epochs"] for row in members),
             "trainable_parameters": members[0]["trainable_parameters"],
+            "model": members[0].get("model"), "image_size": members[0].get("image_size"),
+            "budget_bound_runs": sum(bool(row.get("budget_bound")) for row in members),
         })
     strategy_rank = {name: index for index, name in enumerate(NAMES)}
     return sorted(summary, key=lambda entry: (_shots_order(entry["shots"]), strategy_rank.get(entry["strategy"], 99)))
@@ -88,6 +90,12 @@ def findings(summary: list[dict]) -> list[str]:
         entry = next(e for e in by_shots[shots] if e["strategy"] == strategy)
         sentences.append(f"{strategy} takes the lead from {describe_shots(shots, entry['images_per_class'])} on.")
     sentences += _cost(by_shots[max(by_shots, key=_shots_order)])
+    bound = [entry for entry in summary if entry.get("budget_bound_runs")]
+    if bound:
+        sentences.append("Budget-bound, their validation accuracy still rising when the budget ended (more steps "
+                         "would likely raise them): " + "; ".join(
+                             f"{entry['strategy']} with {describe_shots(entry['shots'], entry['images_per_class'])}"
+                             f" ({entry['budget_bound_runs']} of {entry['runs']} runs)" for entry in bound) + ".")
     return sentences
 
 
@@ -206,11 +214,12 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
 
 
 def summary_table_markdown(summary: list[dict]) -> str:
-    lines = ["| strategy | images per class | runs | test accuracy | spread (min–max) | epochs | wall s | trainable parameters |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | model (px) | images per class | runs | test accuracy | spread (min–max) | epochs | wall s | "
+             "trainable parameters |", "|---|---|---|---|---|---|---|---|---|"]
     for entry in summary:
         shots = "all" if entry["shots"] == "all" else entry["shots"]
-        lines.append(f"| {entry['strategy']} | {shots} ({entry['images_per_class']:,.0f}) | {entry['runs']} | "
+        lines.append(f"| {entry['strategy']} | {entry.get('model') or '?'} ({entry.get('image_size') or '?'}) | "
+                     f"{shots} ({entry['images_per_class']:,.0f}) | {entry['runs']} | "
                      f"{entry['mean_test_accuracy']:.2%} | {entry['min_test_accuracy']:.1%}–{entry['max_test_accuracy']:.1%} "
                      f"| {entry['mean_epochs']:.0f} | {entry['mean_wall_seconds']:,.0f} | {entry['trainable_parameters']:,} |")
     return "\n".join(lines)

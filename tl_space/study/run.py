@@ -25,7 +25,7 @@ from tl_space import data as data_module
 from tl_space.errors import UserError, exit_code
 from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, RUNS_DIR, differing_settings
 from tl_space.settings import TrainSettings, add_arguments, check_settings, option
-from tl_space.strategies import NAMES
+from tl_space.strategies import NAMES, STRATEGIES
 from tl_space.study.report import write_study_files
 from tl_space.training import checkpoint
 from tl_space.training.run import make_accelerator, run
@@ -51,6 +51,9 @@ class StudySettings:
                                    "--probe-epochs) or minutes (--minutes of training each; --epochs is then a cap)",
                          choices=BUDGETS)
     minutes: float = option(5.0, "with --budget minutes: training minutes per run, validation included")
+    scratch_model: str | None = option("tl_scratch_cnn", "the model scratch runs train (a network built for small "
+                                       "images: tl_scratch_cnn); none: the shared --model")
+    scratch_image_size: int | None = option(32, "the image size of scratch runs; 0: the shared --image-size")
     output_dir: str = option("studies/cifar10", "the study folder: study.json, plots, README.md, and runs/<run>/")
     push_to_hub: bool = option(False, "upload the whole study folder to the Hub as one model repo at the end")
     hub_model_id: str | None = option(None, "OWNER/NAME of the repo to push the study to")
@@ -151,8 +154,15 @@ def smallest_training_class(training_settings: TrainSettings) -> int:
 def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:
     """The run's TrainSettings: the shared ones, with this run's strategy, shots and seed, and one split seed for all."""
     run_dir = Path(study.output_dir) / planned.name
+    strategy = STRATEGIES[planned.strategy]
+    own = {} if strategy.probe_first else {"head_init": "zero"}  # --head-init class-means: for the probes only
+    if not strategy.pretrained:  # scratch: a network and size of its own, as in the classic baselines
+        if study.scratch_model and study.scratch_model.lower() != "none":
+            own.update(model=study.scratch_model, pretrained_file=None)
+        if study.scratch_image_size:
+            own.update(image_size=study.scratch_image_size)
     return dataclasses.replace(
-        study.training, strategy=planned.strategy, shots_per_class=planned.shots, train_fraction=None,
+        study.training, **own, strategy=planned.strategy, shots_per_class=planned.shots, train_fraction=None,
         seed=planned.seed, split_seed=study.training.seed, output_dir=str(run_dir),
         max_train_minutes=study.minutes if study.budget == "minutes" else None,
         resume=checkpoint.find_checkpoint(run_dir / CHECKPOINT_DIR) is not None,
@@ -175,10 +185,16 @@ def study_row(planned: PlannedRun, metrics: dict) -> dict:
     for entry in metrics["history"]:
         elapsed += entry["seconds"]
         curve.append({"epoch": entry["epoch"], "val_accuracy": entry["val_accuracy"], "seconds": round(elapsed, 2)})
-    data = metrics["data"]
+    data, history = metrics["data"], metrics["history"]
+    stopped_by = metrics.get("stopped_by", "epochs")
+    best_epoch = metrics["test"]["best_epoch"]
     return {
         "run": planned.name, "strategy": planned.strategy, "shots": "all" if planned.shots is None else planned.shots,
-        "seed": planned.seed, "train_images": data["train_images"],
+        "seed": planned.seed, "model": metrics["settings"]["model"], "image_size": metrics["preprocessing"]["image_size"],
+        "stopped_by": stopped_by,
+        # Still climbing when the budget ended: its best epoch was its last, and patience did not stop it.
+        "budget_bound": bool(history) and stopped_by in ("epochs", "time budget") and best_epoch == history[-1]["epoch"],
+        "train_images": data["train_images"],
         "images_per_class": data["train_images"] / len(data["class_names"]),
         "test_accuracy": metrics["test"]["accuracy"], "best_epoch": metrics["test"]["best_epoch"],
         "epochs": len(metrics["history"]), "wall_seconds": round(metrics["timing"]["total_seconds"], 2),
@@ -225,7 +241,8 @@ def run_study(study: StudySettings) -> Path:
 def study_record(study: StudySettings, rows: list[dict], skipped: list[str], planned: int) -> dict:
     """What study.json holds: the settings, one row per finished run, and what was skipped."""
     settings = {name: getattr(study, name) for name in ("strategies", "shots_per_class", "seeds", "repeat_up_to",
-                                                        "budget", "minutes", "output_dir")}
+                                                        "budget", "minutes", "scratch_model", "scratch_image_size",
+                                                        "output_dir")}
     settings["output_dir"] = Path(study.output_dir).name  # no path of this machine in what is published
     return {"study": settings, "training": study.training.published(), "planned_runs": planned, "rows": rows,
             "skipped": skipped}

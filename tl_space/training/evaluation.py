@@ -41,17 +41,27 @@ def most_confused(matrix: torch.Tensor, class_names: list[str], limit: int = 10)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    """accuracy, loss, per_class_accuracy, confusion_matrix and most_confused, as plain JSON-ready values."""
+    """accuracy, loss, per-class accuracy (recall), precision and F1, macro F1, confusion matrix and most confused
+    pairs, as plain JSON-ready values."""
     logits, labels = logits.float().cpu(), labels.cpu()
     predicted = logits.argmax(dim=1)
     matrix = confusion_matrix(predicted, labels, len(class_names))
-    class_sizes = matrix.sum(dim=1)
-    per_class = matrix.diagonal().double() / class_sizes.clamp(min=1)
+    class_sizes, predicted_sizes = matrix.sum(dim=1), matrix.sum(dim=0)
+    correct = matrix.diagonal().double()
+    per_class = correct / class_sizes.clamp(min=1)  # recall
+    precision = correct / predicted_sizes.clamp(min=1)
+    f1 = 2 * precision * per_class / (precision + per_class).clamp(min=1e-12)
+    present = [(index, name) for index, name in enumerate(class_names) if class_sizes[index] > 0]
     return {
         "accuracy": float((predicted == labels).double().mean()),
         "loss": float(F.cross_entropy(logits, labels)),
         "num_images": int(len(labels)),
-        "per_class_accuracy": {name: float(value) for name, value, size in zip(class_names, per_class, class_sizes) if size > 0},
+        "per_class_accuracy": {name: float(per_class[index]) for index, name in present},
+        # Precision of a class never predicted is 0 (no image was put in it), as scikit-learn's zero_division=0.
+        "per_class_precision": {name: float(precision[index]) for index, name in present},
+        "per_class_recall": {name: float(per_class[index]) for index, name in present},
+        "per_class_f1": {name: float(f1[index]) for index, name in present},
+        "macro_f1": float(f1[[index for index, _ in present]].mean()) if present else 0.0,
         "confusion_matrix": matrix.tolist(),
         "most_confused": most_confused(matrix, class_names),
     }

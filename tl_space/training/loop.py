@@ -34,6 +34,7 @@ class LoopSettings:
     seed: int
     min_epoch_images: int
     max_train_minutes: float | None
+    patience: int | None  # epochs without a better validation accuracy that end a stage; None: never
     keep_batchnorm_statistics: bool
     published_settings: dict  # recorded in each checkpoint, so --resume can check it continues the same run
 
@@ -62,6 +63,7 @@ class RunState:
     best: dict  # accuracy, epoch, state (the model's state_dict at its best validation accuracy)
     resume_stage: int | None = None  # the stage a resumed run continues, None for a fresh run
     resume_epochs_done: int = 0
+    stopped_by: str = "epochs"  # what ended the last stage: "epochs" (all ran), "time budget" or "patience"
 
 
 @dataclass
@@ -108,6 +110,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                 settings: LoopSettings, run_state: RunState) -> None:
     """Train stage.module for stage.epochs (from its checkpoint when resuming this stage); append per-epoch metrics
     to run_state.history, keep the best model in run_state.best, and checkpoint after every epoch."""
+    run_state.stopped_by = "epochs"
     trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
     loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed,
@@ -131,6 +134,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         if budget.allowed_seconds <= 0:
             if accelerator.is_main_process:
                 tqdm.write(f"{stage.name}: skipped, the {settings.max_train_minutes:g}-minute budget is spent")
+            run_state.stopped_by = "time budget"
             return
     for epoch in range(first_epoch + done, last_epoch + 1):
         loader.set_epoch(epoch)
@@ -196,6 +200,13 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         if budget.exhausted:
             if accelerator.is_main_process:
                 tqdm.write(f"{stage.name}: the {settings.max_train_minutes:g}-minute budget is spent after epoch {epoch}")
+            run_state.stopped_by = "time budget"
+            break
+        if settings.patience and epoch - best["epoch"] >= settings.patience and epoch < last_epoch:
+            if accelerator.is_main_process:
+                tqdm.write(f"{stage.name}: no better validation accuracy for {settings.patience} epochs (best: epoch "
+                           f"{best['epoch']}); stopping after epoch {epoch}")
+            run_state.stopped_by = "patience"
             break
     accelerator.free_memory()
 

@@ -44,6 +44,7 @@ class RunPlan:
     loop: LoopSettings
     eval_batch_size: int
     compile_min_images: int | None  # compile the frozen backbone for splits this large; None: never
+    head_init: str  # "zero" or "class-means"
     images_cache: Path | None
     features_cache: Path | None
     published_settings: dict
@@ -63,10 +64,12 @@ def resolve(settings: TrainSettings, device: torch.device) -> RunPlan:
         stages=stages(strategy, settings.epochs, settings.probe_epochs, settings.lr),
         loop=LoopSettings(batch_size=settings.batch_size, weight_decay=settings.weight_decay, seed=settings.seed,
                           min_epoch_images=settings.min_epoch_images, max_train_minutes=settings.max_train_minutes,
+                          patience=settings.patience,
                           keep_batchnorm_statistics=keeps_batchnorm_statistics(strategy, settings.batchnorm),
                           published_settings=published),
         eval_batch_size=settings.eval_batch_size or (CPU_EVAL_BATCH_SIZE if on_cpu else settings.batch_size),
         compile_min_images=compile_min_images,
+        head_init="class-means" if not strategy.trains_at_all else settings.head_init,
         images_cache=caches.cache_folder(settings.cache_dir, "images"),
         features_cache=caches.cache_folder(settings.cache_dir, "features"),
         published_settings=published,
@@ -228,6 +231,11 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
 
     run_state = start_or_resume(accelerator, output_dir / CHECKPOINT_DIR, generator, settings.resume)
     first_stage = run_state.resume_stage or 0  # a resumed run skips the stages it finished
+    if plan.head_init == "class-means" and run_state.resume_stage is None:
+        model_module.imprint_classifier(model, splits.train.features, splits.train.labels.to(splits.train.features.device))
+    if not plan.stages:  # nothing trains: the model as it stands is the run's result
+        run_state.best = {"epoch": 0, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        run_state.stopped_by = "no training"
     for stage_plan in plan.stages[first_stage:]:
         if stage_plan.on_features:
             model_module.freeze_all_but(model, model_module.classifier_parameters(model))
@@ -260,6 +268,7 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     training_seconds = sum(entry["seconds"] for entry in history)
     metrics = metrics_record(
         history=history,
+        stopped_by=run_state.stopped_by,
         test=test,
         settings=published,
         model={"architecture": model.pretrained_cfg.get("architecture", settings.model),

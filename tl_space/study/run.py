@@ -123,7 +123,8 @@ def check_study(study: StudySettings) -> None:
         raise UserError(f"--budget {study.budget!r} is not one of {', '.join(BUDGETS)}")
     if study.seeds <= 0 or study.repeat_up_to < 0 or study.minutes <= 0:
         raise UserError("--seeds and --minutes must be greater than 0, --repeat-up-to not negative")
-    check_settings(study.training)
+    for strategy in parse_strategies(study.strategies):  # each as its runs will be set up
+        check_settings(run_settings(study, PlannedRun(strategy, None, study.training.seed)))
 
 
 def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRun], list[str]]:

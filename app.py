@@ -1,7 +1,8 @@
 """The Gradio Space: `python app.py` (or `gradio app.py`); MODEL_ID picks the model, a Hub id or a local folder
 (a study's serves its best run and adds a Study tab); STUDY_ID adds a study to any model; PRETRAINED_FILE, a local
 copy of the backbone's ImageNet weights, stands in for the Hub in the feature maps' comparison; QUEUE_MAX_SIZE bounds
-the requests waiting (64)."""
+the requests waiting (64); COMPARE_ID, a compare folder (default compare/) or 2-3 comma-separated model folders or Hub
+ids, adds a Compare tab."""
 
 import logging
 import os
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from tl_space.app import markdown
+from tl_space.app.compare import Comparison, load_comparison
 from tl_space.app.memory import bound_native_memory
 from tl_space.app.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
 from tl_space.errors import UserError
@@ -21,7 +23,21 @@ from tl_space.images import MAX_IMAGE_PIXELS
 ROOT = Path(__file__).resolve().parent
 DEFAULT_MODEL = ROOT / "model"
 DEFAULT_STUDY = ROOT / "study"  # the study recorded in the README, shown beside the bundled model
+DEFAULT_COMPARE = ROOT / "compare"  # runs of that study, side by side
 MAX_UPLOAD = "20mb"
+
+
+def comparison_or_none(compare_id: str | None) -> Comparison | None:
+    """The runs of COMPARE_ID (default: the bundled compare/ folder, if any); None, with a log line, when they cannot
+    be loaded: the rest of the page still serves."""
+    compare_id = compare_id or (str(DEFAULT_COMPARE) if DEFAULT_COMPARE.is_dir() else None)
+    if not compare_id:
+        return None
+    try:
+        return load_comparison(compare_id)
+    except UserError as error:
+        logging.getLogger("tl_space.app").error("no Compare tab: %s", error)
+        return None
 
 
 def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.Blocks:
@@ -38,7 +54,8 @@ def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.
     try:
         loaded = load_model_folder(model_id, study_id)
         return build_demo(loaded, examples_dir=ROOT / "examples", pretrained_file=os.environ.get("PRETRAINED_FILE"),
-                          queue_max_size=int(os.environ.get("QUEUE_MAX_SIZE", QUEUE_MAX_SIZE)))
+                          queue_max_size=int(os.environ.get("QUEUE_MAX_SIZE", QUEUE_MAX_SIZE)),
+                          comparison=comparison_or_none(os.environ.get("COMPARE_ID")))
     except UserError as error:  # its message names the model by its public name, never a server path
         log.error("%s Set MODEL_ID (and STUDY_ID) to a Hub id or a folder.", error)
         reason = str(error)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CLASS_NAMES
+from test_app_compare import compare_folder, upload  # noqa: F401  (shared fixtures)
 from test_app_ui import app_url, client, model_folder, sample_images  # noqa: F401  (shared fixtures)
 from tl_space.app.local_app import running_app, wait_for_images
 
@@ -85,3 +86,18 @@ def test_study_tab_shows_findings_table_and_plots(study_app_url, tiny_study, pag
     assert page.locator(".study-plot img").count() == 3
     page.screenshot(path=str(screenshots / "study.png"), full_page=True)
     assert (screenshots / "study.png").stat().st_size > 10_000
+
+
+def test_compare_tab_shows_each_run_and_where_they_disagree(compare_folder, upload, page, screenshots, tmp_path):  # noqa: F811
+    with running_app(str(compare_folder / "good"), tmp_path, env={"COMPARE_ID": str(compare_folder)}) as (url, _):
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_text("The same image through 2 runs").wait_for(timeout=60_000)
+        page.locator("input[type=file]").last.set_input_files(str(upload))
+        page.get_by_role("button", name="Compare", exact=True).click()
+        wait_for_images(page, ".compare-cam img", count=2)
+        page.get_by_role("button", name="Show the test images they disagree on (of 30)").click()
+        wait_for_images(page, "#compare-gallery img")
+        assert page.locator("#compare-gallery img").count() > 0
+        page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
+    assert (screenshots / "compare.png").stat().st_size > 10_000

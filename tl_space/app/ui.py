@@ -14,6 +14,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from tl_space.app.compare import MAX_COMPARED, Comparison, disagreements
 from tl_space.app.explain import feature_map_figure, heatmap_overlays, pretrained_backbone
 from tl_space.app.inference import class_probabilities
 from tl_space.app.markdown import code, text
@@ -159,9 +160,10 @@ def build_error_page(message: str) -> gr.Blocks:
 
 
 def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained_file: str | None = None,
-               queue_max_size: int = QUEUE_MAX_SIZE) -> gr.Blocks:
+               queue_max_size: int = QUEUE_MAX_SIZE, comparison: Comparison | None = None) -> gr.Blocks:
     """The whole page for one loaded model, its queue bounded by queue_max_size. pretrained_file: the operator's
-    local copy of the backbone's weights, for the feature maps' comparison where the Hub is out of reach."""
+    local copy of the backbone's weights, for the feature maps' comparison where the Hub is out of reach;
+    comparison: runs to show side by side in a Compare tab."""
     classes = ", ".join(text(name) for name in loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
     with gr.Blocks(title=f"tl-space: {loaded.name}", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(f"# What does this classifier see?\nModel {code(loaded.name)} tells apart "
@@ -264,6 +266,8 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
                 if file in loaded.plots:
                     gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")
         add_study_tab(loaded)
+        if comparison is not None:
+            add_compare_tab(comparison)
     demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
     return demo
 
@@ -285,3 +289,51 @@ def add_study_tab(loaded: LoadedModel) -> None:
             if file in plots:
                 gr.Image(plots[file], label=title, interactive=False, type="pil", format="png",
                          elem_classes="study-plot")
+
+
+def compare_upload(comparison: Comparison, payload: str | dict | None) -> list:
+    """Each compared run's top 5 for the upload, then each run's Grad-CAM of its own top class."""
+    image = uploaded_image(payload)
+    tops, heatmaps = [], []
+    for run in comparison.runs:
+        probabilities = class_probabilities(run, image)
+        tops.append(probabilities)
+        heatmaps.append(heatmap_overlays(run, image, top_classes(probabilities, 1))[0])
+    empty = MAX_COMPARED - len(comparison.runs)
+    return tops + [None] * empty + heatmaps + [None] * empty
+
+
+def add_compare_tab(comparison: Comparison) -> None:
+    """The Compare tab: one upload through every compared run, and the sample images they disagree on."""
+    with gr.Tab("Compare"):
+        runs = "; ".join(
+            f"**{index + 1}.** {code(name)} ({text(run.metrics.get('settings', {}).get('strategy', '?'))}, "
+            + (f"{float(run.metrics['test']['accuracy']):.1%} test)" if run.metrics else "no report)")
+            for index, (name, run) in enumerate(zip(comparison.names, comparison.runs)))
+        gr.Markdown(f"The same image through {len(comparison.runs)} runs: {runs}. Each heatmap shows where its run "
+                    "found the evidence for its own top class.")
+        with gr.Row():
+            image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", height=240)
+            submit = gr.Button("Compare", variant="primary", scale=0)
+        labels, heatmaps = [], []
+        with gr.Row():
+            for index in range(MAX_COMPARED):
+                shown = index < len(comparison.runs)
+                with gr.Column(visible=shown):
+                    labels.append(gr.Label(num_top_classes=5, label=f"{index + 1}: top 5"))
+                    heatmaps.append(gr.Image(label=f"{index + 1}: Grad-CAM of its top class", type="pil",
+                                             interactive=False, elem_classes="compare-cam"))
+        submit.click(lambda payload: compare_upload(comparison, payload), inputs=image, outputs=labels + heatmaps,
+                     api_name="compare", preprocess=False, concurrency_id=MODEL_QUEUE)
+        if comparison.sample is not None:
+            disagree = gr.Button(f"Show the test images they disagree on (of {len(comparison.sample.labels)})")
+            gallery = gr.Gallery(label="One run right, another wrong: true class — each run's prediction", columns=8,
+                                 height=420, object_fit="contain", elem_id="compare-gallery")
+            # Computed on first use (every run over the sample), then served as files written once.
+            @functools.cache
+            def disagreement_files() -> list[tuple[str, str]]:
+                items = disagreements(comparison)
+                return list(zip(png_copies([image for image, _ in items]), [caption for _, caption in items]))
+
+            disagree.click(disagreement_files, outputs=gallery, api_name="compare_disagreements",
+                           concurrency_id=MODEL_QUEUE)

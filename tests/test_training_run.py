@@ -278,3 +278,20 @@ def test_class_means_needs_a_probe(tiny_dataset, pretrained_file, tmp_path):
     from tl_space.errors import UserError
     with pytest.raises(UserError, match="--head-init class-means needs the frozen features of a probe"):
         run(tiny_settings(tiny_dataset, tmp_path / "x", pretrained_file, strategy="finetune", head_init="class-means"))
+
+
+def test_a_cpu_run_uses_every_core_whatever_accelerate_set_and_threads_overrides_it(tiny_dataset, pretrained_file,
+                                                                                     tmp_path, monkeypatch, capsys):
+    from tl_space.training.run import cpu_threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what `accelerate launch` sets for a CPU run without a config
+    torch.set_num_threads(1)
+    previous = torch.get_num_threads()
+    try:
+        run(tiny_settings(tiny_dataset, tmp_path / "cores", pretrained_file, strategy="linear-probe", epochs=1))
+        assert torch.get_num_threads() == cpu_threads(1) == len(os.sched_getaffinity(0))
+        assert f"CPU: {cpu_threads(1)} thread(s) per process, 1 process(es); --threads changes it" in capsys.readouterr().out
+        run(tiny_settings(tiny_dataset, tmp_path / "one", pretrained_file, strategy="linear-probe", epochs=1, threads=1))
+        assert torch.get_num_threads() == 1
+        assert cpu_threads(4) == max(1, len(os.sched_getaffinity(0)) // 4)
+    finally:
+        torch.set_num_threads(max(previous, cpu_threads(1)))

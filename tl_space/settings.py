@@ -101,6 +101,8 @@ class TrainSettings:
                                    "separately) and let the app use it where it gained at least half a point; "
                                    "off: skip it (saves a pass over the test split)", choices=FLIP_TTA_CHOICES, run=False)
     max_misclassified: int = option(64, "most confident test mistakes saved to misclassified/")
+    threads: int | None = option(None, "CPU threads per process; if unset, on a CPU this machine's cores divided among "
+                                       "its processes (`accelerate launch` alone would leave one)", run=False)
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
     report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all", run=False)
@@ -194,7 +196,7 @@ def check_settings(settings: TrainSettings) -> None:
     if settings.compile not in COMPILE_CHOICES:
         raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
-                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes", "patience")
+                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes", "patience", "threads")
     for name in positive:
         value = getattr(settings, name)
         if value is not None and value <= 0:

@@ -4,6 +4,7 @@ the final evaluation, the model folder written (and pushed)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -45,12 +46,19 @@ class RunPlan:
     eval_batch_size: int
     compile_min_images: int | None  # compile the frozen backbone for splits this large; None: never
     head_init: str  # "zero" or "class-means"
+    threads: int | None  # torch's CPU threads per process; None on a GPU: left as they are
     images_cache: Path | None
     features_cache: Path | None
     published_settings: dict
 
 
-def resolve(settings: TrainSettings, device: torch.device) -> RunPlan:
+def cpu_threads(local_processes: int) -> int:
+    """This machine's usable cores (its CPU affinity) shared among the processes it runs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, local_processes))
+
+
+def resolve(settings: TrainSettings, device: torch.device, local_processes: int = 1) -> RunPlan:
     """Every choice left to "auto" or unset, made once for this run on this device."""
     strategy = STRATEGIES[settings.strategy]
     on_cpu = device.type == "cpu"
@@ -70,6 +78,8 @@ def resolve(settings: TrainSettings, device: torch.device) -> RunPlan:
         eval_batch_size=settings.eval_batch_size or (CPU_EVAL_BATCH_SIZE if on_cpu else settings.batch_size),
         compile_min_images=compile_min_images,
         head_init="class-means" if not strategy.trains_at_all else settings.head_init,
+        # `accelerate launch` without a config sets OMP_NUM_THREADS=1 for CPU runs: torch would use one core.
+        threads=(settings.threads or cpu_threads(local_processes)) if on_cpu else None,
         images_cache=caches.cache_folder(settings.cache_dir, "images"),
         features_cache=caches.cache_folder(settings.cache_dir, "features"),
         published_settings=published,
@@ -186,7 +196,12 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     if owns_accelerator and settings.report_to:
         accelerator.init_trackers(output_dir.name, config={key: value for key, value in settings.to_dict().items()
                                                            if isinstance(value, (bool, int, float, str))})
-    plan = resolve(settings, accelerator.device)
+    plan = resolve(settings, accelerator.device, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+    if plan.threads is not None:
+        torch.set_num_threads(plan.threads)
+        if accelerator.is_main_process:
+            tqdm.write(f"CPU: {plan.threads} thread(s) per process, {accelerator.num_processes} process(es)"
+                       + ("" if settings.threads else "; --threads changes it"))
     set_seed(settings.seed)
     started = time.perf_counter()
     model_module.check_model_name(settings.model)

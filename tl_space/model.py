@@ -73,23 +73,29 @@ IMPRINT_SCALE = 10.0
 
 
 @torch.no_grad()
+def class_mean_weights(features: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(classes, features) weights: each class's mean of the L2-normalised features, normalised, so a linear head
+    scores the cosine to each class mean (IMPRINT_SCALE times it at the features' mean norm). A class without images
+    gets zeros."""
+    normalised = torch.nn.functional.normalize(features.float(), dim=1)
+    means = torch.zeros(classes, normalised.shape[1], device=normalised.device).index_add_(
+        0, labels.to(normalised.device), normalised)
+    # Features are not normalised at inference: dividing by their mean norm keeps logits on the cosine's scale.
+    scale = IMPRINT_SCALE / float(features.float().norm(dim=1).mean().clamp(min=1e-6))
+    return torch.nn.functional.normalize(means, dim=1) * scale
+
+
+@torch.no_grad()
 def imprint_classifier(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> None:
-    """Set a linear head to the normalised class means of L2-normalised features (weight imprinting, Qi et al.
-    2018), bias zero: a nearest-class-mean classifier by cosine, up to the scale of each feature vector. Every class
-    needs at least one image."""
+    """Set a linear head to the class mean weights (weight imprinting, Qi et al. 2018), bias zero: a nearest class
+    mean classifier by cosine, up to the scale of each feature vector. Every class needs at least one image."""
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
         raise UserError(f"--head-init class-means needs a linear head; {type(model).__name__}'s is a "
                         f"{type(head).__name__}: use --head-init zero")
-    normalised = torch.nn.functional.normalize(features.float(), dim=1)
-    counts = torch.bincount(labels, minlength=head.out_features)
-    if int(counts.min()) == 0:
+    if int(torch.bincount(labels, minlength=head.out_features).min()) == 0:
         raise UserError("--head-init class-means needs at least one training image of every class")
-    means = torch.zeros(head.out_features, normalised.shape[1], device=normalised.device).index_add_(
-        0, labels.to(normalised.device), normalised)
-    # Features are not normalised at inference: dividing by their mean norm keeps logits on the cosine's scale.
-    scale = IMPRINT_SCALE / float(features.float().norm(dim=1).mean().clamp(min=1e-6))
-    head.weight.copy_(torch.nn.functional.normalize(means, dim=1).to(head.weight) * scale)
+    head.weight.copy_(class_mean_weights(features, labels, head.out_features).to(head.weight))
     if head.bias is not None:
         head.bias.zero_()
 

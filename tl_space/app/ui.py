@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import functools
 import logging
 import shutil
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_upload_folder
+import torch
 from PIL import Image
 
-from tl_space.app.compare import MAX_COMPARED, Comparison, disagreements
+from tl_space.app import teach as teaching
+from tl_space.app.compare import MAX_COMPARED, Comparison, TestSample, disagreements
 from tl_space.app.explain import feature_map_figure, heatmap_overlays, pretrained_backbone
 from tl_space.app.inference import class_probabilities
 from tl_space.app.markdown import code, text
@@ -23,6 +26,7 @@ from tl_space.folder.read import LoadedModel, public_plots
 from tl_space.folder.study import load_study
 from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
 from tl_space.images import ImageError, open_image
+from tl_space.errors import UserError
 from tl_space.settings import REPORTING_SETTINGS
 from tl_space.study.report import study_overview, summarize
 
@@ -266,6 +270,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
                 if file in loaded.plots:
                     gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")
         add_study_tab(loaded)
+        add_teach_tab(loaded, comparison.sample if comparison is not None else None)
         if comparison is not None:
             add_compare_tab(comparison)
     demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
@@ -337,3 +342,189 @@ def add_compare_tab(comparison: Comparison) -> None:
 
             disagree.click(disagreement_files, outputs=gallery, api_name="compare_disagreements",
                            concurrency_id=MODEL_QUEUE)
+
+
+TEACH_ROWS = teaching.MAX_CLASSES
+MAX_CLASSIFY_MANY = 200
+
+
+def open_uploads(paths: list[str], limit: int) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+    """(file name, image) of each uploaded file that decodes, and a line naming each that does not."""
+    if len(paths) > limit:
+        raise gr.Error(f"Give at most {limit} images at once; {len(paths)} were given.", print_exception=False)
+    opened, skipped = [], []
+    for path in paths:
+        name = Path(str(path)).name[:80]
+        try:
+            opened.append((name, uploaded_image(path)))
+        except gr.Error as error:
+            skipped.append(f"{name}: {error.message}")
+    return opened, skipped
+
+
+def _paths(value) -> list[str]:
+    """File paths from a gr.File (multiple) or an interactive gr.Gallery value."""
+    items = value or []
+    return [item[0] if isinstance(item, (tuple, list)) else item.get("path") if isinstance(item, dict) else item
+            for item in items]
+
+
+def teach_summary_markdown(summary: dict) -> str:
+    names = ", ".join(text(name) for name in summary["classes"])
+    lines = [f"### Taught {len(summary['classes'])} classes ({names}) in {summary['seconds']:.1f} s",
+             f"Cross-validated accuracy ({summary['folds']} folds: each image predicted by a head fitted without it): "
+             f"**{summary['loo_accuracy']:.1%}**, against {summary['class_mean_accuracy']:.1%} for the class means "
+             f"alone and {summary['chance']:.1%} by always guessing the largest class."]
+    if summary["skipped"]:
+        lines.append("Skipped: " + "; ".join(text(line) for line in summary["skipped"][:20]) + ".")
+    return "\n\n".join(lines)
+
+
+def confusion_figure(summary: dict) -> Image.Image:
+    from tl_space.figures import new_figure, to_image
+
+    names = summary["classes"]
+    figure = new_figure(1.0 + 0.55 * len(names), 0.8 + 0.5 * len(names))
+    axes = figure.subplots()
+    axes.imshow(summary["confusion_matrix"], cmap="Blues")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(names)), names, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for row, counts in enumerate(summary["confusion_matrix"]):
+        for column, count in enumerate(counts):
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=8)
+    return to_image(figure)
+
+
+def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
+    """The Teach tab: a visitor's own classes on the served backbone, in seconds; the result is theirs alone."""
+    def forget(taught: teaching.TaughtModel | None) -> None:  # a session ended, or an hour passed
+        if taught is not None:
+            shutil.rmtree(taught.folder.parent, ignore_errors=True)
+
+    def run_teach(examples: dict[str, list[Image.Image]], skipped: list[str], progress) -> tuple:
+        try:
+            taught = teaching.teach(loaded, examples, skipped, lambda fraction, what: progress(fraction, desc=what))
+        except UserError as error:
+            raise gr.Error(str(error), print_exception=False) from error
+        return taught, taught.summary, str(taught.archive)
+
+    def teach_from_files(files, progress=gr.Progress()):
+        """/teach: files named CLASS_anything.png; returns the summary, the zip of the model folder, the state."""
+        paths = _paths(files)
+        if len(paths) > teaching.MAX_TEACH_IMAGES:
+            raise gr.Error(f"Teach at most {teaching.MAX_TEACH_IMAGES} images at once; {len(paths)} were given.",
+                           print_exception=False)
+        examples: dict[str, list[Image.Image]] = {}
+        skipped: list[str] = []
+        for path in paths:
+            name = Path(str(path)).name[:80]
+            try:
+                images = examples.setdefault(teaching.class_of(name), [])
+            except ValueError as error:
+                skipped.append(f"{name}: {error}")
+                continue
+            opened, not_opened = open_uploads([path], 1)  # a broken file leaves its class, maybe empty
+            images += [image for _, image in opened]
+            skipped += not_opened
+        taught, summary, archive = run_teach(examples, skipped, progress)
+        return summary, archive, taught, teach_summary_markdown(summary), confusion_figure(summary)
+
+    def teach_from_rows(count: int, *values, progress=gr.Progress()):
+        examples: dict[str, list[Image.Image]] = {}
+        skipped: list[str] = []
+        for row in range(int(count)):
+            name, gallery, cifar_class, cifar_count = values[4 * row:4 * row + 4]
+            name = " ".join(str(name or "").split())[:50]
+            if not name:
+                raise gr.Error(f"Name class {row + 1}.", print_exception=False)
+            opened, row_skipped = open_uploads(_paths(gallery), teaching.MAX_PER_CLASS)
+            skipped += row_skipped
+            images = [image for _, image in opened]
+            if sample is not None and cifar_class in sample.class_names and cifar_count:
+                members = torch.nonzero(sample.labels == sample.class_names.index(cifar_class)).flatten()
+                images += [Image.fromarray(sample.images[index].permute(1, 2, 0).numpy())
+                           for index in members[:max(0, min(int(cifar_count), teaching.MAX_PER_CLASS))].tolist()]
+            examples[name] = images
+        taught, summary, archive = run_teach(examples, skipped, progress)
+        return summary, archive, taught, teach_summary_markdown(summary), confusion_figure(summary)
+
+    def classify_taught(taught: teaching.TaughtModel | None, payload):
+        if taught is None:
+            raise gr.Error("Teach some classes first.", print_exception=False)
+        image = uploaded_image(payload)
+        probabilities = teaching.taught_probabilities(loaded, taught, image)
+        top = top_classes(probabilities, 1)
+        with teaching.taught_head(loaded, taught) as view:  # the shared model wears the taught head, under its lock
+            heatmap = heatmap_overlays(view, image, top)[0]
+        return probabilities, heatmap
+
+    def classify_many(taught: teaching.TaughtModel | None, files):
+        """/classify_many: one row per image (file, top 3 with probabilities), the least sure first, and a CSV."""
+        opened, skipped = open_uploads(_paths(files), MAX_CLASSIFY_MANY)
+        rows = []
+        for name, image in opened:
+            probabilities = (teaching.taught_probabilities(loaded, taught, image) if taught is not None
+                             else class_probabilities(loaded, image))
+            top = top_classes(probabilities, 3)
+            rows.append([name, *[f"{label} ({probabilities[label]:.1%})" for label in top], probabilities[top[0]]])
+        rows.sort(key=lambda row: row[-1])
+        rows += [[line, "", "", "", None] for line in skipped]
+        csv_path = Path(tempfile.mkdtemp(prefix="tl-space-table-")) / "predictions.csv"
+        with open(csv_path, "w", newline="") as file:
+            csv.writer(file).writerows([MANY_HEADERS, *rows])
+        return rows, str(csv_path)
+
+    with gr.Tab("Teach"):
+        gr.Markdown("Teach this model your own classes: name 2 to 10 of them and give each 1 to 50 images. The "
+                    f"backbone of {code(loaded.name)} turns them into features, and a new head learns them in seconds. "
+                    "What you teach stays in your session and is deleted after an hour.")
+        count = gr.Slider(teaching.MIN_CLASSES, teaching.MAX_CLASSES, value=3, step=1, label="Classes")
+        rows, inputs = [], []
+        for row in range(TEACH_ROWS):
+            with gr.Row(visible=row < 3) as row_block:
+                inputs.append(gr.Textbox(label=f"Class {row + 1}", placeholder="its name", scale=1))
+                inputs.append(gr.Gallery(label="Its images (upload, paste or webcam)", type="filepath",
+                                         interactive=True, sources=["upload", "webcam", "clipboard"], columns=6,
+                                         height=150, scale=3))
+                choices = sample.class_names if sample is not None else []
+                inputs.append(gr.Dropdown([""] + choices, value="", label="or CIFAR-10 test images of class",
+                                          visible=sample is not None, scale=1))
+                inputs.append(gr.Number(10, minimum=1, maximum=teaching.MAX_PER_CLASS, precision=0, label="how many",
+                                        visible=sample is not None, scale=1))
+            rows.append(row_block)
+        count.change(lambda value: [gr.update(visible=row < int(value)) for row in range(TEACH_ROWS)], count, rows,
+                     api_name=False)
+        teach_button = gr.Button("Teach", variant="primary")
+        taught = gr.State(None, time_to_live=3600, delete_callback=forget)
+        with gr.Row():
+            summary_text = gr.Markdown()
+            confusion = gr.Image(label="Cross-validated confusion matrix", type="pil", interactive=False, height=320)
+        summary = gr.JSON(visible=False)
+        archive = gr.File(label="The taught model folder (zip): MODEL_ID=folder python app.py, or "
+                                "timm.create_model('local-dir:folder')", interactive=False)
+        outputs = [summary, archive, taught, summary_text, confusion]
+        teach_button.click(teach_from_rows, inputs=[count, *inputs], outputs=outputs, api_name=False,
+                           concurrency_id=MODEL_QUEUE)
+        teach_files = gr.File(file_count="multiple", visible=False)
+        gr.Button(visible=False).click(teach_from_files, inputs=teach_files, outputs=outputs, api_name="teach",
+                                       concurrency_id=MODEL_QUEUE)
+        with gr.Row():
+            try_image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Try the taught model")
+            with gr.Column():
+                try_label = gr.Label(num_top_classes=5, label="Top 5 of your classes")
+                try_cam = gr.Image(label="Grad-CAM of its top class", type="pil", interactive=False)
+        gr.Button("Classify with the taught model").click(
+            classify_taught, inputs=[taught, try_image], outputs=[try_label, try_cam], api_name="classify_taught",
+            preprocess=False, concurrency_id=MODEL_QUEUE)
+        with gr.Accordion("Classify many images at once", open=False):
+            many = gr.File(file_count="multiple", label=f"Up to {MAX_CLASSIFY_MANY} images", file_types=["image"])
+            many_button = gr.Button("Classify them (with the taught model, once there is one)")
+            table = gr.Dataframe(headers=MANY_HEADERS, label="The least sure first", interactive=False)
+            table_file = gr.File(label="The table as CSV", interactive=False)
+            many_button.click(classify_many, inputs=[taught, many], outputs=[table, table_file],
+                              api_name="classify_many", concurrency_id=MODEL_QUEUE)
+
+
+MANY_HEADERS = ["file", "top 1", "top 2", "top 3", "top-1 probability"]

@@ -1,0 +1,87 @@
+"""The Teach tab through gradio_client: a visitor's own classes on the served backbone, their model folder, theirs alone."""
+
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import timm
+import torch
+from gradio_client import Client, handle_file
+
+from conftest import CLASS_NAMES, colour_images
+from test_app_ui import app_url, model_folder  # noqa: F401  (shared fixtures)
+from tl_space.images import image_tensor
+from tl_space.transforms import preprocessing_for, to_model_input
+
+
+def _teach_files(folder, classes, per_class=10, seed=11):
+    images, labels = colour_images(per_class, 16, seed=seed)
+    paths = []
+    for image, label in zip(images, labels):
+        name = CLASS_NAMES[label]
+        if name in classes:
+            paths.append(folder / f"{name}_{len(paths):02d}.png")
+            image.save(paths[-1])
+    return paths
+
+
+def test_teaching_three_classes_gives_a_model_folder_that_timm_loads(app_url, tmp_path):  # noqa: F811
+    files = _teach_files(tmp_path, ["red", "green", "blue"])
+    (tmp_path / "red_broken.png").write_text("not an image")
+    summary, archive, *_ = Client(app_url, verbose=False).predict(
+        [handle_file(str(path)) for path in [*files, tmp_path / "red_broken.png"]], api_name="/teach")
+    assert summary["classes"] == ["red", "green", "blue"] and summary["images_per_class"] == {"red": 10, "green": 10, "blue": 10}
+    assert summary["loo_accuracy"] > 0.6 > 1 / 3 and summary["chance"] == pytest.approx(1 / 3)
+    assert 0 <= summary["class_mean_accuracy"] <= 1 and summary["seconds"] < 60
+    assert [line.split(":")[0] for line in summary["skipped"]] == ["red_broken.png"]
+    with zipfile.ZipFile(archive) as bundle:
+        bundle.extractall(tmp_path / "unzipped")
+    folder = tmp_path / "unzipped" / "taught-model"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"] == ["red", "green", "blue"]
+    held_out, labels = colour_images(6, 16, seed=99)
+    keep = [index for index, label in enumerate(labels) if CLASS_NAMES[label] in ("red", "green", "blue")]
+    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
+    inputs = to_model_input(torch.cat([image_tensor(held_out[index], preprocessing.image_size) for index in keep]),
+                            preprocessing)
+    with torch.inference_mode():
+        predicted = model(inputs).argmax(dim=1)
+    expected = torch.tensor([["red", "green", "blue"].index(CLASS_NAMES[labels[index]]) for index in keep])
+    assert (predicted == expected).double().mean() > 0.6
+    for name in ("metrics.json", "README.md", "config.json", "model.safetensors", "confusion_matrix.png"):
+        assert (folder / name).is_file()
+
+
+def test_a_class_with_no_usable_image_stops_the_teach_with_one_sentence(app_url, tmp_path):  # noqa: F811
+    files = _teach_files(tmp_path, ["red", "green"], per_class=3)
+    (tmp_path / "blue_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(Exception, match="Class 'blue' has no usable image"):
+        Client(app_url, verbose=False).predict([handle_file(str(path)) for path in [*files, tmp_path / "blue_broken.png"]],
+                                               api_name="/teach")
+    more = _teach_files(tmp_path, ["blue"], per_class=3, seed=12)
+    summary, *_ = Client(app_url, verbose=False).predict(
+        [handle_file(str(path)) for path in [*files, *more, tmp_path / "blue_broken.png"]], api_name="/teach")
+    assert summary["classes"] == ["red", "green", "blue"] and summary["skipped"][0].startswith("blue_broken.png: ")
+    assert "/" not in summary["skipped"][0]  # no server path
+
+
+def test_two_visitors_teaching_at_once_each_get_their_own_classes(app_url, tmp_path):  # noqa: F811
+    groups = {"first": ["red", "green", "blue"], "second": ["yellow", "cyan", "magenta"]}
+    probe = _teach_files(tmp_path / "probe", ["red"], per_class=1, seed=5) if (tmp_path / "probe").mkdir() is None else []
+
+    def visitor(key):
+        folder = tmp_path / key
+        folder.mkdir()
+        client = Client(app_url, verbose=False)
+        summary, *_ = client.predict([handle_file(str(path)) for path in _teach_files(folder, groups[key])],
+                                     api_name="/teach")
+        label, _ = client.predict(handle_file(str(probe[0])), api_name="/classify_taught")
+        rows, _ = client.predict([handle_file(str(probe[0]))], api_name="/classify_many")
+        return summary["classes"], {entry["label"] for entry in label["confidences"]}, rows
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = dict(zip(groups, pool.map(visitor, groups)))
+    for key, (classes, labels, rows) in answers.items():
+        assert classes == groups[key] and labels == set(groups[key])
+        assert rows["data"][0][1].split(" (")[0] in groups[key]
+    assert answers["first"][1].isdisjoint(answers["second"][1])

@@ -1,0 +1,225 @@
+"""Teach the served model new classes in seconds: its frozen backbone's features of a visitor's images, a head started
+at the class means and refined by logistic regression, cross-validated, and given back as a complete model folder."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from tl_space import model as model_module
+from tl_space.errors import UserError
+from tl_space.folder.metrics import metrics_record
+from tl_space.folder.read import LoadedModel
+from tl_space.folder.write import write_model_folder
+from tl_space.images import image_tensor
+from tl_space.settings import TrainSettings
+from tl_space.training.calibration import calibration_report
+from tl_space.training.evaluation import classification_metrics, misclassified_records
+from tl_space.transforms import to_model_input
+
+MIN_CLASSES, MAX_CLASSES = 2, 10
+MAX_PER_CLASS = 50
+MAX_TEACH_IMAGES = 500
+MAX_FOLDS = 10
+FEATURE_BATCH = 32
+L2 = 1e-3  # on the head's weights, per image: the features are few, the classes fewer
+LBFGS_STEPS = 50
+
+
+@dataclass
+class TaughtModel:
+    """A visitor's classes and the head that tells them apart on the served model's backbone features."""
+
+    class_names: list[str]
+    weight: torch.Tensor  # (classes, features)
+    bias: torch.Tensor
+    temperature: float
+    summary: dict
+    folder: Path  # the complete model folder, written once
+    archive: Path  # the folder as a zip
+
+
+def class_of(file_name: str) -> str:
+    """The class a /teach file names: its name up to the first underscore (cat_01.png: cat)."""
+    stem = Path(file_name).name.split("_", 1)[0].split(".", 1)[0].strip()
+    if not stem or len(stem) > 50:
+        raise ValueError("its name does not start with a class name and an underscore, e.g. cat_01.png")
+    return stem
+
+
+@torch.inference_mode()
+def backbone_features(loaded: LoadedModel, images: list[Image.Image], progress=lambda fraction: None) -> torch.Tensor:
+    """The served model's pooled features of each image, with its own preprocessing, under its lock."""
+    size = loaded.preprocessing.image_size
+    features = []
+    for start in range(0, len(images), FEATURE_BATCH):
+        batch = torch.cat([image_tensor(image, size) for image in images[start:start + FEATURE_BATCH]])
+        with loaded.lock:
+            features.append(model_module.pooled_features(loaded.model, to_model_input(batch, loaded.preprocessing)))
+        progress(min(1.0, (start + FEATURE_BATCH) / len(images)))
+    return torch.cat(features).float()
+
+
+def class_means_head(features: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of a linear head at the normalised class means (the same rule as --head-init class-means)."""
+    return model_module.class_mean_weights(features, labels, classes), torch.zeros(classes)
+
+
+def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression started at the class means, refined by full-batch L-BFGS with an L2 penalty."""
+    weight, bias = class_means_head(features, labels, classes)
+    weight, bias = weight.requires_grad_(), bias.requires_grad_()
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(features @ weight.T + bias, labels) + L2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Each image's logits from a head fitted without it: MAX_FOLDS folds dealt round-robin within each class, or
+    leave-one-out with fewer images. Returns the logistic-regression logits, the class-mean logits, and the folds."""
+    folds = min(MAX_FOLDS, len(labels))
+    fold_of = torch.empty_like(labels)
+    for class_index in range(classes):
+        members = torch.nonzero(labels == class_index).flatten()
+        fold_of[members] = torch.arange(len(members)) % folds
+    fitted, means = torch.zeros(len(labels), classes), torch.zeros(len(labels), classes)
+    for fold in range(folds):
+        held, kept = fold_of == fold, fold_of != fold
+        if not held.any():
+            continue
+        weight, bias = fit_head(features[kept], labels[kept], classes)
+        fitted[held] = features[held] @ weight.T + bias
+        mean_weight, _ = class_means_head(features[kept], labels[kept], classes)
+        means[held] = F.normalize(features[held], dim=1) @ F.normalize(mean_weight, dim=1).T
+    return fitted, means, folds
+
+
+def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: list[str],
+          progress=lambda fraction, text: None) -> TaughtModel:
+    """Fit a head for the visitor's classes on the served backbone; cross-validate it; write its model folder."""
+    started = time.perf_counter()
+    examples = {name: images[:MAX_PER_CLASS] for name, images in examples.items()}
+    empty = [name for name, images in examples.items() if not images]
+    if empty:
+        raise UserError(f"Class {empty[0]!r} has no usable image; give it at least one.")
+    if not MIN_CLASSES <= len(examples) <= MAX_CLASSES:
+        raise UserError(f"Teach {MIN_CLASSES} to {MAX_CLASSES} classes; {len(examples)} were given.")
+    names = list(examples)
+    images = [image for name in names for image in examples[name]]
+    if len(images) > MAX_TEACH_IMAGES:
+        raise UserError(f"Teach at most {MAX_TEACH_IMAGES} images at once; {len(images)} were given.")
+    labels = torch.tensor([index for index, name in enumerate(names) for _ in examples[name]])
+    # A copy made outside inference mode: the head's fit needs autograd.
+    features = backbone_features(loaded, images, lambda fraction: progress(0.8 * fraction, "features")).clone()
+    progress(0.8, "fitting the head")
+    fitted, means, folds = cross_validated_logits(features, labels, len(names))
+    weight, bias = fit_head(features, labels, len(names))
+    report = calibration_report(fitted, labels, fitted, labels)
+    seconds = time.perf_counter() - started
+    counts = torch.bincount(labels, minlength=len(names)).tolist()
+    summary = {"classes": names, "images_per_class": dict(zip(names, counts)),
+               "loo_accuracy": float((fitted.argmax(1) == labels).double().mean()),
+               "class_mean_accuracy": float((means.argmax(1) == labels).double().mean()),
+               "chance": max(counts) / len(labels), "folds": folds, "seconds": round(seconds, 2),
+               "skipped": skipped, "confusion_matrix": classification_metrics(fitted, labels, names)["confusion_matrix"]}
+    folder = _write_folder(loaded, names, weight, bias, fitted, labels, images, report, summary)
+    progress(1.0, "done")
+    return TaughtModel(names, weight, bias, report["temperature"], summary, folder,
+                       Path(shutil.make_archive(str(folder), "zip", folder.parent, folder.name)))
+
+
+def taught_network(loaded: LoadedModel, taught_weight: torch.Tensor, taught_bias: torch.Tensor) -> nn.Module:
+    """A copy of the served model whose head is the taught one."""
+    with loaded.lock:
+        network = copy.deepcopy(loaded.model)
+    network.reset_classifier(len(taught_bias))
+    head = network.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise UserError("This model's head is not linear: it cannot be taught new classes here.")
+    with torch.no_grad():
+        head.weight.copy_(taught_weight)
+        head.bias.copy_(taught_bias)
+    return network.eval()
+
+
+def _write_folder(loaded: LoadedModel, names: list[str], weight: torch.Tensor, bias: torch.Tensor,
+                  fitted: torch.Tensor, labels: torch.Tensor, images: list[Image.Image], report: dict,
+                  summary: dict) -> Path:
+    """The taught model as a complete model folder, its test section the cross-validated predictions."""
+    network = taught_network(loaded, weight, bias)
+    architecture = network.pretrained_cfg.get("architecture", type(network).__name__)
+    settings = TrainSettings(dataset="images taught in the tl-space app", model=architecture, strategy="linear-probe",
+                             epochs=1, output_dir="taught", test_split="cross-validation", max_misclassified=16,
+                             cache_dir="none").published()
+    test = classification_metrics(fitted, labels, names)
+    test["best_epoch"] = 0
+    count = len(labels)
+    metrics = metrics_record(
+        history=[], stopped_by="no training", test=test, settings=settings,
+        model={"architecture": architecture, "base_model": (loaded.metrics.get("model") or {}).get("base_model"),
+               "pretrained_file": None},
+        calibration=report, flip_tta=None, preprocessing=loaded.preprocessing.to_dict(),
+        data={"train_images": count, "val_images": count, "test_images": count,
+              "train_images_per_class": summary["images_per_class"], "class_names": names, "image_column": "image",
+              "label_column": "label"},
+        trainable_parameters=weight.numel() + bias.numel(),
+        total_parameters=sum(parameter.numel() for parameter in network.parameters()),
+        timing={"total_seconds": summary["seconds"], "data_seconds": summary["seconds"], "training_seconds": 0.0,
+                "evaluation_seconds": 0.0, "train_images_per_second": 0.0},
+        hardware={"device": "cpu", "processes": 1, "mixed_precision": "no", "gpu": None},
+    )
+    mistakes = misclassified_records(fitted / report["temperature"], labels, names, settings["max_misclassified"])
+    shown = torch.cat([image_tensor(image, 96) if min(image.size) >= 96 else
+                       image_tensor(image.resize((96, 96)), 96) for image in images])
+    folder = Path(tempfile.mkdtemp(prefix="tl-space-taught-")) / "taught-model"
+    write_model_folder(folder, network, names, loaded.preprocessing, metrics, mistakes, shown)
+    return folder
+
+
+@torch.inference_mode()
+def taught_probabilities(loaded: LoadedModel, taught: TaughtModel, image: Image.Image) -> dict[str, float]:
+    """Calibrated probabilities of the taught classes for one image."""
+    features = backbone_features(loaded, [image])
+    logits = (features @ taught.weight.T + taught.bias) / taught.temperature
+    return dict(zip(taught.class_names, logits.softmax(dim=1)[0].tolist()))
+
+
+@contextlib.contextmanager
+def taught_head(loaded: LoadedModel, taught: TaughtModel) -> Iterator[LoadedModel]:
+    """The served model wearing the taught head (and its class names), for hooks such as Grad-CAM; under the model's
+    lock, so no other request sees it, and its own head back afterwards."""
+    classifier = loaded.model.get_classifier()
+    parent_name, _, attribute = next(name for name, module in loaded.model.named_modules()
+                                     if module is classifier).rpartition(".")
+    parent = loaded.model.get_submodule(parent_name) if parent_name else loaded.model
+    head = nn.Linear(taught.weight.shape[1], len(taught.class_names))
+    with torch.no_grad():
+        head.weight.copy_(taught.weight)
+        head.bias.copy_(taught.bias)
+    with loaded.lock:
+        setattr(parent, attribute, head)
+        try:
+            yield dataclasses.replace(loaded, label_names=taught.class_names)
+        finally:
+            setattr(parent, attribute, classifier)

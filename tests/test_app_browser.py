@@ -101,3 +101,28 @@ def test_compare_tab_shows_each_run_and_where_they_disagree(compare_folder, uplo
         assert page.locator("#compare-gallery img").count() > 0
         page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
     assert (screenshots / "compare.png").stat().st_size > 10_000
+
+
+def test_teach_tab_learns_two_classes_from_uploads(app_url, page, screenshots, tmp_path):  # noqa: F811
+    from conftest import colour_images
+
+    images, labels = colour_images(4, 16, seed=21)
+    files = {"red": [], "blue": []}
+    for index, (image, label) in enumerate(zip(images, labels)):
+        if CLASS_NAMES[label] in files:
+            files[CLASS_NAMES[label]].append(str(tmp_path / f"{index}.png"))
+            image.save(files[CLASS_NAMES[label]][-1])
+    page.goto(app_url)
+    page.get_by_role("tab", name="Teach").click()
+    panel = page.get_by_role("tabpanel")
+    panel.get_by_label("Classes").first.fill("2")
+    panel.get_by_label("Classes").first.press("Enter")
+    for row, name in reversed(list(enumerate(files))):  # last row first: a filled gallery adds an input of its own
+        panel.get_by_label(f"Class {row + 1}", exact=True).fill(name)
+        panel.locator("input[type=file]").nth(row).set_input_files(files[name])
+    page.wait_for_timeout(1500)  # the galleries take their uploads
+    page.get_by_role("button", name="Teach", exact=True).click()
+    page.get_by_text("Taught 2 classes").wait_for(timeout=60_000)
+    assert page.get_by_text("Cross-validated accuracy").is_visible()
+    page.screenshot(path=str(screenshots / "teach.png"), full_page=True)
+    assert (screenshots / "teach.png").stat().st_size > 10_000

@@ -85,3 +85,32 @@ def test_two_visitors_teaching_at_once_each_get_their_own_classes(app_url, tmp_p
         assert classes == groups[key] and labels == set(groups[key])
         assert rows["data"][0][1].split(" (")[0] in groups[key]
     assert answers["first"][1].isdisjoint(answers["second"][1])
+
+
+def test_a_push_goes_to_the_visitors_own_account_never_with_the_spaces_token(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from test_hub import FakeHub
+    from tl_space.app.teach import push_taught
+    from tl_space.errors import UserError
+
+    folder = tmp_path / "taught-model"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "metrics.json"):
+        (folder / name).write_text("{}")
+    fake = FakeHub().install(monkeypatch)
+    tokens = []
+    real_whoami = HfApi.whoami
+    monkeypatch.setattr(HfApi, "whoami", lambda api, *args, **kwargs: tokens.append(api.token) or real_whoami(api))
+    monkeypatch.setenv("HF_TOKEN", "hf_TheSpacesOwnToken")
+    with pytest.raises(UserError, match="Sign in with Hugging Face"):
+        push_taught(folder, "my-classes", None, on_space=True)
+    assert push_taught(folder, "my-classes", "hf_TheVisitorsToken", on_space=True) == "me/my-classes"
+    assert tokens == ["hf_TheVisitorsToken"] * len(tokens) and tokens
+    assert fake.named("create_repo")[0]["repo_id"] == "me/my-classes"
+    assert fake.named("upload_folder")[0]["folder_path"] == str(folder)
+    tokens.clear()
+    assert push_taught(folder, "local-run", None, on_space=False) == "me/local-run"  # run locally: the user's token
+    assert tokens and tokens[0] in (None, "hf_TheSpacesOwnToken")
+    with pytest.raises(UserError, match="Name the repo"):
+        push_taught(folder, "../escape", "hf_TheVisitorsToken", on_space=True)

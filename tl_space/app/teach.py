@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import re
 import shutil
 import tempfile
 import time
@@ -15,9 +16,11 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi
 from PIL import Image
 from torch import nn
 
+from tl_space import hub
 from tl_space import model as model_module
 from tl_space.errors import UserError
 from tl_space.folder.metrics import metrics_record
@@ -223,3 +226,27 @@ def taught_head(loaded: LoadedModel, taught: TaughtModel) -> Iterator[LoadedMode
             yield dataclasses.replace(loaded, label_names=taught.class_names)
         finally:
             setattr(parent, attribute, classifier)
+
+
+REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def push_taught(folder: Path, repo_name: str, oauth_token: str | None, on_space: bool) -> str:
+    """Upload a taught model folder to the visitor's own account as USER/repo_name; returns the repo id.
+
+    On a Space only the visitor's sign-in token (OAuth) is used, never the Space's own; run locally, the user's
+    HF_TOKEN or saved login. The token is never shown or written anywhere."""
+    repo_name = (repo_name or "").strip()
+    if not REPO_NAME.match(repo_name):
+        raise UserError("Name the repo with letters, digits, '-', '_' or '.', e.g. my-taught-classes.")
+    if on_space and not oauth_token:
+        raise UserError("Sign in with Hugging Face (the button above) to push to your own account.")
+    api = HfApi(token=oauth_token) if on_space else HfApi()
+    try:
+        user = api.whoami()["name"]
+    except Exception as error:  # no token, a refused one, or no network: the same advice
+        raise UserError("Pushing needs a Hugging Face token with write access: sign in, or run locally with "
+                        "HF_TOKEN set.") from error
+    repo_id = hub.check_push_access(f"{user}/{repo_name}", api)
+    hub.push_model_folder(folder, repo_id, api=api, commit_message="A model taught in the tl-space app")
+    return repo_id

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
-from gradio.utils import get_upload_folder
+from gradio.utils import get_space, get_upload_folder
 import torch
 from PIL import Image
 
@@ -384,7 +384,7 @@ def confusion_figure(summary: dict) -> Image.Image:
     from tl_space.figures import new_figure, to_image
 
     names = summary["classes"]
-    figure = new_figure(1.0 + 0.55 * len(names), 0.8 + 0.5 * len(names))
+    figure = new_figure(2.6 + 0.6 * len(names), 2.2 + 0.5 * len(names))
     axes = figure.subplots()
     axes.imshow(summary["confusion_matrix"], cmap="Blues")
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
@@ -511,6 +511,27 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
         gr.Button(visible=False).click(teach_from_files, inputs=teach_files, outputs=outputs, api_name="teach",
                                        concurrency_id=MODEL_QUEUE)
         with gr.Row():
+            if ON_SPACE:  # the visitor's own account; run locally, the user's HF_TOKEN (gradio's mock needs the network)
+                gr.LoginButton()
+            repo_name = gr.Textbox(label="Repo name in your account", placeholder="my-taught-classes")
+            push_button = gr.Button("Push to the Hub")
+            pushed = gr.Markdown()
+
+        def push(taught_model: teaching.TaughtModel | None, name: str, oauth_token: gr.OAuthToken | None = None):
+            if taught_model is None:
+                raise gr.Error("Teach some classes first.", print_exception=False)
+            try:
+                repo_id = teaching.push_taught(taught_model.folder, name, oauth_token.token if oauth_token else None,
+                                               ON_SPACE)
+            except UserError as error:
+                raise gr.Error(str(error), print_exception=False) from error
+            except Exception as error:  # the Hub's own errors: a sentence, never its text
+                logger.warning("push of a taught model failed: %s", type(error).__name__)
+                raise gr.Error("The push failed; try again later.", print_exception=False) from error
+            return f"Pushed to [{repo_id}](https://huggingface.co/{repo_id})."
+
+        push_button.click(push, inputs=[taught, repo_name], outputs=pushed, api_name=False)
+        with gr.Row():
             try_image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Try the taught model")
             with gr.Column():
                 try_label = gr.Label(num_top_classes=5, label="Top 5 of your classes")
@@ -528,3 +549,4 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
 
 
 MANY_HEADERS = ["file", "top 1", "top 2", "top 3", "top-1 probability"]
+ON_SPACE = get_space() is not None

@@ -429,7 +429,7 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
             images += [image for _, image in opened]
             skipped += not_opened
         taught, summary, archive = run_teach(examples, skipped, progress)
-        return summary, archive, taught, teach_summary_markdown(summary), confusion_figure(summary)
+        return summary, archive, taught
 
     def teach_from_rows(count: int, *values, progress=gr.Progress()):
         examples: dict[str, list[Image.Image]] = {}
@@ -508,7 +508,7 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
         teach_button.click(teach_from_rows, inputs=[count, *inputs], outputs=outputs, api_name=False,
                            concurrency_id=MODEL_QUEUE)
         teach_files = gr.File(file_count="multiple", visible=False)
-        gr.Button(visible=False).click(teach_from_files, inputs=teach_files, outputs=outputs, api_name="teach",
+        gr.Button(visible=False).click(teach_from_files, inputs=teach_files, outputs=outputs[:3], api_name="teach",
                                        concurrency_id=MODEL_QUEUE)
         with gr.Row():
             if ON_SPACE:  # the visitor's own account; run locally, the user's HF_TOKEN (gradio's mock needs the network)

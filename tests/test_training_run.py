@@ -295,3 +295,12 @@ def test_a_cpu_run_uses_every_core_whatever_accelerate_set_and_threads_overrides
         assert cpu_threads(4) == max(1, len(os.sched_getaffinity(0)) // 4)
     finally:
         torch.set_num_threads(max(previous, cpu_threads(1)))
+
+
+def test_the_run_says_how_long_each_stage_will_take_before_training(tiny_dataset, pretrained_file, tmp_path, capsys):
+    run(tiny_settings(tiny_dataset, tmp_path / "estimate", pretrained_file, strategy="lp-ft", epochs=1,
+                      max_train_minutes=0.001))
+    out = capsys.readouterr().out
+    estimate = next(line for line in out.splitlines() if line.startswith("estimated training time on this cpu"))
+    assert "linear-probe: 2 epoch(s)" in estimate and "finetune: 1 epoch(s)" in estimate
+    assert out.index("estimated training time") < out.index("epoch 1 (linear-probe)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -210,3 +211,36 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             break
     accelerator.free_memory()
 
+
+
+def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings) -> float:
+    """Seconds the stage's epochs would take here (before any time budget), from one timed training step (after a
+    warm-up step) and one timed validation batch on a copy of its module, at the run's batch sizes; the random number
+    generators are left as they were."""
+    count = min(settings.batch_size, len(splits.train))  # the real batch: smaller ones run faster per image
+    eval_count = min(stage.eval_batch_size, len(splits.val))
+    indices, eval_indices = (torch.arange(number, device=accelerator.device) for number in (count, eval_count))
+    probe = copy.deepcopy(stage.module)
+    trainable = [parameter for parameter in probe.parameters() if parameter.requires_grad]
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model_module.train_mode(probe, settings.keep_batchnorm_statistics)
+        timings = []
+        for _ in range(2):  # the first step warms up kernels and allocations
+            started = time.perf_counter()
+            with accelerator.autocast():
+                loss = probe(stage.train_inputs(indices, False)).float().logsumexp(dim=1).mean()
+            if trainable:
+                loss.backward()
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+        probe.eval()
+        started = time.perf_counter()
+        with torch.inference_mode(), accelerator.autocast():
+            probe(stage.val_inputs(eval_indices, False))
+        eval_per_image = (time.perf_counter() - started) / eval_count
+    step = timings[-1]
+    images = max(len(splits.train), settings.min_epoch_images)
+    steps = math.ceil(images / (settings.batch_size * accelerator.num_processes))
+    return stage.epochs * (steps * step + len(splits.val) / accelerator.num_processes * eval_per_image)

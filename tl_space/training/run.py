@@ -32,7 +32,7 @@ from tl_space.training.calibration import calibration_report
 from tl_space.training.evaluation import (classification_metrics, final_logits, flip_tta_report,
                                           misclassified_records)
 from tl_space.training.features import FrozenFeatures
-from tl_space.training.loop import LoopSettings, RunState, Stage, train_stage
+from tl_space.training.loop import LoopSettings, RunState, Stage, estimate_stage_seconds, train_stage
 from tl_space.transforms import preprocessing_for
 
 
@@ -179,6 +179,32 @@ def start_or_resume(accelerator: Accelerator, checkpoint_dir: Path, generator: t
                     resume_stage=progress["stage_index"], resume_epochs_done=progress["stage_epochs_done"])
 
 
+def make_stage(stage_plan: StagePlan, model: nn.Module, trainable: list[nn.Parameter], splits: data_module.DataSplits,
+               preprocessing, generator: torch.Generator, plan: RunPlan, run_state: RunState) -> Stage:
+    """The Stage a StagePlan trains: the head on cached features, or the model on augmented images."""
+    if stage_plan.on_features:
+        return Stage(stage_plan.index, stage_plan.name, model.get_classifier(), feature_inputs(splits.train.features),
+                     feature_inputs(splits.val.features), stage_plan.epochs, stage_plan.lr, FEATURE_BATCH_SIZE)
+    device = next(model.parameters()).device
+    inputs = {name: image_inputs(getattr(splits, name).images.to(device), preprocessing, generator)
+              for name in ("train", "val")}
+    return Stage(stage_plan.index, stage_plan.name, model, inputs["train"], inputs["val"], stage_plan.epochs,
+                 stage_plan.lr, plan.eval_batch_size)
+
+
+def say_estimate(accelerator: Accelerator, stages: list[Stage], seconds: list[float], settings: LoopSettings) -> None:
+    """Print how long training will take here, measured before it starts, and what bounds it."""
+    total = sum(seconds)
+    if not stages or not accelerator.is_main_process:
+        return
+    parts = ", ".join(f"{stage.name}: {stage.epochs} epoch(s), {value / 60:.1f} min"
+                      for stage, value in zip(stages, seconds))
+    budget = settings.max_train_minutes
+    limit = f"; the {budget:g}-minute budget ends it sooner" if budget and budget * 60 < total else ""
+    tqdm.write(f"estimated training time on this {accelerator.device.type}: about {total / 60:.1f} min ({parts}; "
+               f"timed on one batch before training{limit})")
+
+
 def run(settings: TrainSettings, accelerator: Accelerator | None = None,
         decoded_store: data_module.DecodedDataStore | None = None) -> Path:
     """Train, evaluate and write the model folder; returns its path.
@@ -247,23 +273,26 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     run_state = start_or_resume(accelerator, output_dir / CHECKPOINT_DIR, generator, settings.resume)
     first_stage = run_state.resume_stage or 0  # a resumed run skips the stages it finished
     if plan.head_init == "class-means" and run_state.resume_stage is None:
-        model_module.imprint_classifier(model, splits.train.features, splits.train.labels.to(splits.train.features.device))
+        features = splits.train.features
+        model_module.imprint_classifier(model, features, splits.train.labels.to(features.device))
     if not plan.stages:  # nothing trains: the model as it stands is the run's result
         run_state.best = {"epoch": 0, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         run_state.stopped_by = "no training"
-    for stage_plan in plan.stages[first_stage:]:
+    stages = [make_stage(stage_plan, model, trainable, splits, preprocessing, generator, plan, run_state)
+              for stage_plan in plan.stages[first_stage:]]
+    estimates = []
+    for stage_plan, stage in zip(plan.stages[first_stage:], stages):  # each timed with what it will train
+        model_module.freeze_all_but(model, model_module.classifier_parameters(model) if stage_plan.on_features
+                                    else trainable)
+        estimates.append(estimate_stage_seconds(accelerator, stage, splits, plan.loop))
+    say_estimate(accelerator, stages, estimates, plan.loop)
+    for stage_plan, stage in zip(plan.stages[first_stage:], stages):
         if stage_plan.on_features:
             model_module.freeze_all_but(model, model_module.classifier_parameters(model))
-            stage = Stage(stage_plan.index, stage_plan.name, model.get_classifier(), feature_inputs(splits.train.features),
-                          feature_inputs(splits.val.features), stage_plan.epochs, stage_plan.lr, FEATURE_BATCH_SIZE)
         else:
             if stage_plan.index > 0:
                 model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head
             model_module.freeze_all_but(model, trainable)
-            inputs = {name: image_inputs(getattr(splits, name).images.to(accelerator.device), preprocessing, generator)
-                      for name in ("train", "val")}
-            stage = Stage(stage_plan.index, stage_plan.name, model, inputs["train"], inputs["val"], stage_plan.epochs,
-                          stage_plan.lr, plan.eval_batch_size)
         train_stage(accelerator, stage, model, splits, plan.loop, run_state)
     history, best = run_state.history, run_state.best
 

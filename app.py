@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tl_space.app import markdown
-from tl_space.app.compare import Comparison, load_comparison
+from tl_space.app.compare import SAMPLE_FILE, Comparison, TestSample, load_comparison, read_sample
 from tl_space.app.memory import bound_native_memory
 from tl_space.app.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
 from tl_space.errors import UserError
@@ -40,6 +40,17 @@ def comparison_or_none(compare_id: str | None) -> Comparison | None:
         return None
 
 
+def teach_sample_or_none(label_names: list[str]) -> TestSample | None:
+    """The bundled CIFAR-10 test sample the Teach tab offers images from, when the model has CIFAR-10's classes."""
+    path = ROOT / "examples" / SAMPLE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_sample(path, label_names)
+    except UserError:  # another model's classes: the tab offers uploads only
+        return None
+
+
 def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.Blocks:
     """The page for model_id (default: MODEL_ID, else the bundled model/ folder) and a Study tab for study_id
     (default: STUDY_ID, else with the bundled model the bundled study/); or a page saying why they failed to load."""
@@ -55,7 +66,8 @@ def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.
         loaded = load_model_folder(model_id, study_id)
         return build_demo(loaded, examples_dir=ROOT / "examples", pretrained_file=os.environ.get("PRETRAINED_FILE"),
                           queue_max_size=int(os.environ.get("QUEUE_MAX_SIZE", QUEUE_MAX_SIZE)),
-                          comparison=comparison_or_none(os.environ.get("COMPARE_ID")))
+                          comparison=comparison_or_none(os.environ.get("COMPARE_ID")),
+                          teach_sample=teach_sample_or_none(loaded.label_names))
     except UserError as error:  # its message names the model by its public name, never a server path
         log.error("%s Set MODEL_ID (and STUDY_ID) to a Hub id or a folder.", error)
         reason = str(error)

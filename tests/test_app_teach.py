@@ -114,3 +114,13 @@ def test_a_push_goes_to_the_visitors_own_account_never_with_the_spaces_token(tmp
     assert tokens and tokens[0] in (None, "hf_TheSpacesOwnToken")
     with pytest.raises(UserError, match="Name the repo"):
         push_taught(folder, "../escape", "hf_TheVisitorsToken", on_space=True)
+
+
+def test_the_bundled_sample_offers_cifar10_test_images_only_to_a_cifar10_model():
+    import app
+    from tl_space.folder.read import load_model_folder as load
+
+    sample = app.teach_sample_or_none(load(str(app.DEFAULT_MODEL)).label_names)
+    assert sample is not None and len(sample.labels) == 500
+    assert torch.bincount(sample.labels).tolist() == [50] * 10 and sample.images.shape[1:] == (3, 32, 32)
+    assert app.teach_sample_or_none(CLASS_NAMES) is None

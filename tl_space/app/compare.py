@@ -142,21 +142,27 @@ def _fp16_copy(run_dir: Path, target: Path, sample: TestSample) -> str:
     return f"fp16 (sample accuracy {before:.2%} → {after:.2%})"
 
 
+def write_sample(dataset: str, count: int, path: Path, seed: int = 0) -> TestSample:
+    """A stratified, seeded sample of the dataset's test split (its images as stored, uint8), written to path."""
+    dataset_dict, image_column, label_column, names = data_module.open_dataset(dataset)
+    test = data_module.decode_images(dataset_dict["test"], image_column, label_column, size=32)
+    counts = data_module.stratified_counts(test.labels, len(names), min(count, MAX_SAMPLE))
+    picked = data_module.stratified_pick(test.labels, counts, torch.Generator().manual_seed(seed))[0]
+    sample = TestSample(test.images[picked].contiguous(), test.labels[picked].contiguous(), names)
+    save_file({"images": sample.images, "labels": sample.labels}, str(path), metadata={"class_names": json.dumps(names)})
+    return sample
+
+
 def bundle(run_dirs: list[Path], dataset: str, output: Path, count: int, seed: int = 0) -> None:
     """Write a compare folder: the runs (fp16 where harmless) and `count` stratified test images of dataset."""
     if output.exists():
         raise UserError(f"--output {str(output)!r} exists; remove it or choose another folder")
     class_names = load_model_folder(str(run_dirs[0])).label_names
-    dataset_dict, image_column, label_column, names = data_module.open_dataset(dataset)
-    if names != class_names:
-        raise UserError(f"--dataset {dataset!r} has other classes than the runs")
-    test = data_module.decode_images(dataset_dict["test"], image_column, label_column, size=32)
-    counts = data_module.stratified_counts(test.labels, len(names), min(count, MAX_SAMPLE))
-    picked = data_module.stratified_pick(test.labels, counts, torch.Generator().manual_seed(seed))[0]
-    sample = TestSample(test.images[picked].contiguous(), test.labels[picked].contiguous(), names)
     output.mkdir(parents=True)
-    save_file({"images": sample.images, "labels": sample.labels}, str(output / SAMPLE_FILE),
-              metadata={"class_names": json.dumps(names)})
+    sample = write_sample(dataset, count, output / SAMPLE_FILE, seed)
+    if sample.class_names != class_names:
+        shutil.rmtree(output)
+        raise UserError(f"--dataset {dataset!r} has other classes than the runs")
     for run_dir in run_dirs:
         print(f"{run_dir.name}: {_fp16_copy(run_dir, output / run_dir.name, sample)}")
 
@@ -169,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     bundle_parser.add_argument("--dataset", required=True, help="the runs' dataset (Hub id or local folder)")
     bundle_parser.add_argument("--output", type=Path, default=Path("compare"))
     bundle_parser.add_argument("--count", type=int, default=500, help=f"test images in the sample (at most {MAX_SAMPLE})")
+    sample_parser = commands.add_parser("sample", help="write a stratified test sample (the Teach tab's CIFAR-10 images)")
+    sample_parser.add_argument("--dataset", required=True)
+    sample_parser.add_argument("--output", type=Path, default=Path("examples") / SAMPLE_FILE)
+    sample_parser.add_argument("--count", type=int, default=500)
     args = parser.parse_args(argv)
+    if args.command == "sample":
+        return exit_code(lambda: write_sample(args.dataset, args.count, args.output))
     if not 2 <= len(args.runs) <= MAX_COMPARED:
         parser.error(f"give 2 to {MAX_COMPARED} run folders")
     return exit_code(lambda: bundle(args.runs, args.dataset, args.output, args.count))

@@ -164,10 +164,11 @@ def build_error_page(message: str) -> gr.Blocks:
 
 
 def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained_file: str | None = None,
-               queue_max_size: int = QUEUE_MAX_SIZE, comparison: Comparison | None = None) -> gr.Blocks:
+               queue_max_size: int = QUEUE_MAX_SIZE, comparison: Comparison | None = None,
+               teach_sample: TestSample | None = None) -> gr.Blocks:
     """The whole page for one loaded model, its queue bounded by queue_max_size. pretrained_file: the operator's
     local copy of the backbone's weights, for the feature maps' comparison where the Hub is out of reach;
-    comparison: runs to show side by side in a Compare tab."""
+    comparison: runs to show side by side in a Compare tab; teach_sample: labelled images the Teach tab offers."""
     classes = ", ".join(text(name) for name in loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
     with gr.Blocks(title=f"tl-space: {loaded.name}", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(f"# What does this classifier see?\nModel {code(loaded.name)} tells apart "
@@ -270,7 +271,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
                 if file in loaded.plots:
                     gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")
         add_study_tab(loaded)
-        add_teach_tab(loaded, comparison.sample if comparison is not None else None)
+        add_teach_tab(loaded, teach_sample or (comparison.sample if comparison is not None else None))
         if comparison is not None:
             add_compare_tab(comparison)
     demo.queue(default_concurrency_limit=1, max_size=queue_max_size)

@@ -1,5 +1,6 @@
 """Grad-CAM heatmaps and feature maps on real trained timm models: sizes, classes differ, frozen stays the same."""
 
+import pytest
 import timm
 import torch
 from PIL import Image
@@ -71,3 +72,14 @@ def test_a_model_trained_from_scratch_has_no_backbone_to_compare(model_folder): 
     loaded = load_model_folder(str(model_folder))
     loaded.metrics = {**loaded.metrics, "settings": {**loaded.metrics["settings"], "strategy": "scratch"}}
     assert pretrained_backbone(loaded)[0] is None
+
+
+def test_token_models_are_told_to_have_no_feature_maps_and_cnns_pass():
+    from tl_space.app.explain import NOT_FEATURE_MAPS, check_feature_maps
+    from tl_space.errors import UserError
+
+    with pytest.raises(UserError, match="not available"):
+        check_feature_maps(timm.create_model("test_vit", pretrained=False))
+    for name in ("test_resnet", "test_efficientnet", "tl_scratch_cnn"):
+        check_feature_maps(timm.create_model(name, pretrained=False))
+    assert "vision transformer" in NOT_FEATURE_MAPS

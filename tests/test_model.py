@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from tl_space import model as model_module
 from tl_space.strategies import STRATEGIES
@@ -106,3 +107,16 @@ def test_a_new_head_on_pretrained_weights_starts_at_zero(pretrained_file, tmp_pa
     save_for_hf(trained, tmp_path / "trained", safe_serialization=True)
     reloaded = model_module.create_model(f"local-dir:{tmp_path / 'trained'}", 3, pretrained=True)
     assert torch.equal(reloaded.fc.weight, trained.fc.weight)
+
+
+def test_a_model_with_a_fixed_input_size_is_built_for_the_asked_size_and_its_folder_reloads(tmp_path):
+    from timm.models import save_for_hf
+
+    weights = tmp_path / "test_vit.safetensors"
+    save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(weights))
+    model = model_module.create_model("test_vit", 3, pretrained=True, pretrained_file=str(weights), image_size=64)
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    save_for_hf(model, tmp_path / "folder", safe_serialization=True)
+    reloaded = timm.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True)
+    assert reloaded(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+    assert model_module.size_arguments("test_resnet", 64) == {}  # convolutions take any size as they are

@@ -304,3 +304,20 @@ def test_the_run_says_how_long_each_stage_will_take_before_training(tiny_dataset
     estimate = next(line for line in out.splitlines() if line.startswith("estimated training time on this cpu"))
     assert "linear-probe: 2 epoch(s)" in estimate and "finetune: 1 epoch(s)" in estimate
     assert out.index("estimated training time") < out.index("epoch 1 (linear-probe)")
+
+
+def test_a_vision_transformer_trains_at_another_size_and_the_app_serves_it(tiny_dataset, tmp_path):
+    from safetensors.torch import save_file
+
+    from tl_space.app.inference import class_probabilities
+    from tl_space.images import open_image
+
+    weights = tmp_path / "test_vit.safetensors"
+    save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(weights))
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "vit", weights, model="test_vit", strategy="finetune",
+                               epochs=1, image_size=32))
+    assert json.loads((folder / "metrics.json").read_text())["preprocessing"]["image_size"] == 32
+    loaded = load_model_folder(str(folder))
+    image_path = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (220, 10, 10)).save(image_path)
+    assert set(class_probabilities(loaded, open_image(image_path))) == set(CLASS_NAMES)

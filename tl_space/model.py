@@ -24,8 +24,24 @@ def check_model_name(name: str) -> None:
     raise UserError(f"--model {name!r} is not a timm model name (see timm.list_models()){hint}")
 
 
-def create_model(name: str, num_classes: int, *, pretrained: bool, pretrained_file: str | None = None) -> nn.Module:
-    """A timm model with a fresh num_classes head; the backbone from ImageNet weights when pretrained.
+def size_arguments(name: str, image_size: int | None) -> dict:
+    """What timm needs to build a model for image_size: models with a fixed input size (ViTs and other token models)
+    take `img_size` (timm resamples their position embeddings from the pretrained ones); others take any size."""
+    if image_size is None or name.startswith(MODEL_SOURCES):
+        return {}
+    try:
+        config = timm.models.get_pretrained_cfg(name)
+    except Exception:  # an unknown tag: timm's own error follows at creation
+        return {}
+    if config is None or not getattr(config, "fixed_input_size", False) or config.input_size[-1] == image_size:
+        return {}
+    return {"img_size": image_size}
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool, pretrained_file: str | None = None,
+                 image_size: int | None = None) -> nn.Module:
+    """A timm model with a fresh num_classes head; the backbone from ImageNet weights when pretrained; built for
+    image_size where the architecture fixes its input size.
 
     pretrained_file overrides where the weights come from (timm's own `file` override), for machines
     without the Hub.
@@ -39,7 +55,10 @@ def create_model(name: str, num_classes: int, *, pretrained: bool, pretrained_fi
         overlay = {"file": str(Path(pretrained_file).resolve())}
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                  pretrained_cfg_overlay=overlay)
+                                  pretrained_cfg_overlay=overlay, **size_arguments(name, image_size))
+    except TypeError as error:  # an architecture with a fixed input size that cannot take another
+        raise UserError(f"--model {name!r} cannot be built for --image-size {image_size} ({error}); leave "
+                        "--image-size unset to use its own size") from error
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise

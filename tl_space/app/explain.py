@@ -13,6 +13,7 @@ from torchcam.methods import GradCAM
 from torchcam.utils import overlay_mask
 
 from tl_space.app.markdown import code
+from tl_space.errors import UserError
 from tl_space.figures import new_figure, to_image
 from tl_space.folder import metrics as metrics_schema
 from tl_space.folder.read import LoadedModel
@@ -24,6 +25,16 @@ from tl_space.transforms import to_model_input
 DISPLAY_SIZE = 320
 # A heatmap from a 1x1 or 2x2 map says nothing about where: small inputs (CIFAR's 32 px) use an earlier stage.
 MIN_CAM_SIDE = 4
+
+
+NOT_FEATURE_MAPS = ("Grad-CAM and feature maps need a model whose stages give feature maps; this model's give "
+                    "tokens (a vision transformer), so they are not available for it.")
+
+
+def check_feature_maps(model: torch.nn.Module) -> None:
+    """A UserError for token models (timm's ViTs, Swin, ... embed patches): their stages are not (C, H, W) maps."""
+    if hasattr(model, "patch_embed") or not getattr(model, "feature_info", None):
+        raise UserError(NOT_FEATURE_MAPS)
 
 
 def cam_layer(model: torch.nn.Module, image_size: int) -> str:
@@ -38,6 +49,7 @@ def class_activation_maps(loaded: LoadedModel, image: Image.Image, class_indices
 
     One forward and one backward pass over the image repeated once per class.
     """
+    check_feature_maps(loaded.model)
     size = loaded.preprocessing.image_size
     inputs = to_model_input(image_tensor(image, size), loaded.preprocessing).expand(len(class_indices), -1, -1, -1)
     model = loaded.model.eval()
@@ -118,6 +130,8 @@ def pretrained_backbone(loaded: LoadedModel, pretrained_file: str | None = None)
 
 def feature_map_figure(image: Image.Image, models: dict[str, torch.nn.Module], loaded: LoadedModel) -> Image.Image:
     """A grid: one row per stage (early, middle, last), the strongest channels of each model side by side."""
+    for model in models.values():
+        check_feature_maps(model)
     inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
     with loaded.lock:  # hooks on the shared model
         by_model = {title: strongest_feature_maps(model, inputs) for title, model in models.items()}

@@ -18,7 +18,8 @@ from PIL import Image
 
 from tl_space.app import teach as teaching
 from tl_space.app.compare import MAX_COMPARED, Comparison, TestSample, disagreements
-from tl_space.app.explain import feature_map_figure, heatmap_overlays, pretrained_backbone
+from tl_space.app import explain as explaining
+from tl_space.app.explain import pretrained_backbone
 from tl_space.app.inference import class_probabilities
 from tl_space.app.markdown import code, text
 from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
@@ -40,6 +41,21 @@ DELETE_CACHE = (600, 3600)
 QUEUE_MAX_SIZE = 64
 NOT_UPLOADED = "This file was not uploaded to this app; upload the image again."
 logger = logging.getLogger("tl_space.app")
+
+
+def heatmap_overlays(loaded: LoadedModel, image: Image.Image, class_names: list[str]) -> list[Image.Image]:
+    """explain.heatmap_overlays, its UserErrors (a model without feature maps) shown to the visitor."""
+    try:
+        return explaining.heatmap_overlays(loaded, image, class_names)
+    except UserError as error:
+        raise gr.Error(str(error), print_exception=False) from error
+
+
+def feature_map_figure(image: Image.Image, models: dict, loaded: LoadedModel) -> Image.Image:
+    try:
+        return explaining.feature_map_figure(image, models, loaded)
+    except UserError as error:
+        raise gr.Error(str(error), print_exception=False) from error
 
 
 def uploaded_path(payload: str | dict | None) -> str | None:

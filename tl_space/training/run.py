@@ -236,7 +236,7 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
 
     with accelerator.main_process_first():  # one process downloads the weights, the others read the cache
         model = model_module.create_model(settings.model, len(class_names), pretrained=plan.strategy.pretrained,
-                                          pretrained_file=settings.pretrained_file)
+                                          pretrained_file=settings.pretrained_file, image_size=settings.image_size)
     trainable = model_module.trainable_parameters(model, plan.strategy.trains, settings.unfreeze_stages)
     preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model), settings.image_size)
     model = model.to(accelerator.device, memory_format=torch.channels_last)

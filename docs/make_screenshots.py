@@ -21,17 +21,41 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 
+def teach_screenshot(page) -> None:
+    """The Teach tab after teaching cat, dog and ship from 20 CIFAR-10 sample images each."""
+    page.get_by_role("tab", name="Teach").click()
+    panel = page.get_by_role("tabpanel")
+    for row, name in enumerate(("cat", "dog", "ship")):
+        panel.get_by_label(f"Class {row + 1}", exact=True).fill(name)
+        choice = panel.get_by_label("or CIFAR-10 test images of class").nth(row)
+        choice.fill(name)
+        choice.press("Enter")
+        panel.get_by_label("how many").nth(row).fill("20")
+    page.get_by_role("button", name="Teach", exact=True).click()
+    page.get_by_text("Taught 3 classes").wait_for(timeout=120_000)
+    time.sleep(1)
+    page.screenshot(path=str(ROOT / "docs" / "teach.png"), full_page=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "model"))
     parser.add_argument("--study", default=str(ROOT / "study"))
     parser.add_argument("--image", default=str(ROOT / "examples" / "cat.png"))
+    parser.add_argument("--tabs", default="classify,mistakes,report,study,teach", help="which screenshots to make")
     args = parser.parse_args()
+    tabs = set(args.tabs.split(","))
     with running_app(args.model, Path(tempfile.mkdtemp()), study_id=args.study) as (url, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)
+            if "teach" in tabs:
+                teach_screenshot(page)
+                page.goto(url)
+            if not tabs & {"classify", "mistakes", "report", "study"}:
+                browser.close()
+                return
             page.locator("input[type=file]").first.set_input_files(args.image)
             page.get_by_role("button", name="Classify", exact=True).click()
             page.get_by_text("Predicted in").wait_for(timeout=60_000)

@@ -34,3 +34,15 @@ def test_plots_and_readme_are_written(tiny_study):
     assert all(f"]({name})" in readme for name in PLOTS)
     assert all(sentence in readme for sentence in read_study(tiny_study)["findings"])
     assert not list(tiny_study.glob(".*partial*"))
+
+
+def test_findings_say_what_a_probe_first_gains_at_the_fewest_and_the_most_images():
+    from tl_space.study.report import findings, summarize
+
+    def row(strategy, shots, accuracy, seed=42):
+        return {"run": f"runs/{strategy}-{shots}-seed{seed}", "strategy": strategy, "shots": shots, "seed": seed,
+                "images_per_class": 1 if shots == 1 else 500, "test_accuracy": accuracy, "wall_seconds": 10.0,
+                "epochs": 3, "trainable_parameters": 100, "curve": []}
+    rows = [row("lp-ft", 1, 0.40), row("finetune", 1, 0.30), row("lp-ft", "all", 0.90), row("finetune", "all", 0.89)]
+    sentence = next(line for line in findings(summarize(rows)) if line.startswith("lp-ft against finetune"))
+    assert sentence == "lp-ft against finetune: +10.0 points with 1 image per class, +1.0 with all 500 images per class."

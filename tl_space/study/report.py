@@ -84,6 +84,7 @@ def findings(summary: list[dict]) -> list[str]:
         sentences.append(f"{where}: {best['strategy']} wins with {_accuracy_text(best)}, {margin:.1f} points ahead "
                          f"of {runner_up['strategy']} ({runner_up['mean_test_accuracy']:.1%}){close}.")
     sentences += _pretraining_gain(by_shots)
+    sentences += _probe_first_gain(by_shots)
     changes = [(shots, best["strategy"]) for (shots, best), (_, previous) in zip(winners[1:], winners)
                if best["strategy"] != previous["strategy"]]
     for shots, strategy in changes:
@@ -116,6 +117,24 @@ def _pretraining_gain(by_shots: dict) -> list[str]:
     if len(gains) > 1:
         sentence += (f" and {last_gain:+.1f} points with {describe_shots(last_shots, last_best['images_per_class'])} "
                      f"({last_best['strategy']})")
+    return [sentence + "."]
+
+
+def _probe_first_gain(by_shots: dict) -> list[str]:
+    """What fine-tuning from a trained probe (lp-ft) gains over fine-tuning a fresh head (finetune), at the fewest
+    and at the most images: the probe's head keeps the first steps from distorting the pretrained features."""
+    gains = []
+    for shots, entries in by_shots.items():
+        named = {entry["strategy"]: entry for entry in entries}
+        if "lp-ft" in named and "finetune" in named:
+            gains.append((shots, named["lp-ft"], (named["lp-ft"]["mean_test_accuracy"]
+                                                  - named["finetune"]["mean_test_accuracy"]) * 100))
+    if not gains:
+        return []
+    (shots, entry, gain), (last_shots, last_entry, last_gain) = gains[0], gains[-1]
+    sentence = (f"lp-ft against finetune: {gain:+.1f} points with {describe_shots(shots, entry['images_per_class'])}")
+    if len(gains) > 1:
+        sentence += f", {last_gain:+.1f} with {describe_shots(last_shots, last_entry['images_per_class'])}"
     return [sentence + "."]
 
 

@@ -51,6 +51,12 @@ class DecodedData:
     image_column: str
     label_column: str
 
+    def without_features(self) -> "DecodedData":
+        """The same images and labels, without features (those belong to one run's model)."""
+        return DecodedData(LabelledImages(self.train.images, self.train.labels),
+                           LabelledImages(self.test.images, self.test.labels),
+                           self.class_names, self.image_column, self.label_column)
+
 
 @dataclass(frozen=True)
 class DecodedKey:
@@ -71,18 +77,12 @@ class DecodedDataStore:
     kept: dict[DecodedKey, DecodedData] = field(default_factory=dict)
 
     def get(self, key: DecodedKey) -> DecodedData | None:
-        """A copy of what was kept (no features: those belong to one run's model), or None."""
+        """A copy of what was kept, without features, or None."""
         found = self.kept.get(key)
-        if found is None:
-            return None
-        return DecodedData(LabelledImages(found.train.images, found.train.labels),
-                           LabelledImages(found.test.images, found.test.labels),
-                           found.class_names, found.image_column, found.label_column)
+        return None if found is None else found.without_features()
 
     def put(self, key: DecodedKey, decoded: DecodedData) -> None:
-        self.kept[key] = DecodedData(LabelledImages(decoded.train.images, decoded.train.labels),
-                                     LabelledImages(decoded.test.images, decoded.test.labels),
-                                     decoded.class_names, decoded.image_column, decoded.label_column)
+        self.kept[key] = decoded.without_features()
 
 
 @dataclass

@@ -41,6 +41,9 @@ class TestSample:
     labels: torch.Tensor
     class_names: list[str]
 
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
+
 
 @dataclass
 class Comparison:
@@ -98,8 +101,8 @@ def predict_sample(run: LoadedModel, sample: TestSample) -> torch.Tensor:
     return torch.cat(predicted)
 
 
-def sample_accuracy(comparison: Comparison, index: int) -> float:
-    return float((predictions(comparison, index) == comparison.sample.labels).double().mean())
+def sample_accuracy(run: LoadedModel, sample: TestSample) -> float:
+    return float((predict_sample(run, sample) == sample.labels).double().mean())
 
 
 def predictions(comparison: Comparison, index: int) -> torch.Tensor:
@@ -120,8 +123,7 @@ def disagreements(comparison: Comparison, limit: int = 48) -> list[tuple[Image.I
     for index in split:
         verdicts = " | ".join(f"{run_index + 1}: {names[int(predicted[run_index, index])]} "
                               f"{'✓' if right[run_index, index] else '✗'}" for run_index in range(len(comparison.runs)))
-        image = Image.fromarray(sample.images[index].permute(1, 2, 0).numpy())
-        items.append((image, f"{names[int(sample.labels[index])]} — {verdicts}"))
+        items.append((sample.image(index), f"{names[int(sample.labels[index])]} — {verdicts}"))
     return items
 
 
@@ -130,12 +132,11 @@ def _fp16_copy(run_dir: Path, target: Path, sample: TestSample) -> str:
     FP16_MAX_ACCURACY_CHANGE; returns what was kept."""
     shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns(CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.*",
                                                                   f".{CHECKPOINT_DIR}.*"))  # resume state: not served
-    full = load_model_folder(str(target))
-    before = float((predict_sample(full, sample) == sample.labels).double().mean())
+    before = sample_accuracy(load_model_folder(str(target)), sample)
     weights = load_file(str(target / WEIGHTS_FILE))
     halved = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
     save_file(halved, str(target / WEIGHTS_FILE))
-    after = float((predict_sample(load_model_folder(str(target)), sample) == sample.labels).double().mean())
+    after = sample_accuracy(load_model_folder(str(target)), sample)
     if abs(after - before) >= FP16_MAX_ACCURACY_CHANGE:
         save_file(weights, str(target / WEIGHTS_FILE))
         return f"fp32 (fp16 changed the sample accuracy {before:.2%} → {after:.2%})"

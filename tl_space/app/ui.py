@@ -22,7 +22,9 @@ from tl_space.app import explain as explaining
 from tl_space.app.explain import pretrained_backbone
 from tl_space.app.inference import class_probabilities
 from tl_space.app.markdown import code, text
+from tl_space.figures import to_image
 from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
+from tl_space.folder.plots import confusion_matrix_figure
 from tl_space.folder.read import LoadedModel, public_plots
 from tl_space.folder.study import load_study
 from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
@@ -304,7 +306,7 @@ def add_study_tab(loaded: LoadedModel) -> None:
     summary = summarize(study["rows"])  # from the rows, so the tab matches them whatever wrote study.json
     plots = public_plots(loaded.study_folder, STUDY_PLOTS, "the study")
     with gr.Tab("Study"):
-        gr.Markdown("\n".join(["### The study", *study_overview(study, study["rows"], summary, str(served), code, text)]))
+        gr.Markdown("\n".join(["### The study", *study_overview(study, summary, str(served), code, text)]))
         gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size",
                      interactive=False)
         for file, title in STUDY_PLOTS.items():
@@ -398,20 +400,8 @@ def teach_summary_markdown(summary: dict) -> str:
 
 
 def confusion_figure(summary: dict) -> Image.Image:
-    from tl_space.figures import new_figure, to_image
-
-    names = summary["classes"]
-    figure = new_figure(2.6 + 0.6 * len(names), 2.2 + 0.5 * len(names))
-    axes = figure.subplots()
-    axes.imshow(summary["confusion_matrix"], cmap="Blues")
-    axes.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    axes.set_yticks(range(len(names)), names, fontsize=8)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    for row, counts in enumerate(summary["confusion_matrix"]):
-        for column, count in enumerate(counts):
-            axes.text(column, row, str(count), ha="center", va="center", fontsize=8)
-    return to_image(figure)
+    return to_image(confusion_matrix_figure(summary["confusion_matrix"], summary["classes"],
+                                            "Cross-validated confusion matrix"))
 
 
 def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
@@ -461,7 +451,7 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
             images = [image for _, image in opened]
             if sample is not None and cifar_class in sample.class_names and cifar_count:
                 members = torch.nonzero(sample.labels == sample.class_names.index(cifar_class)).flatten()
-                images += [Image.fromarray(sample.images[index].permute(1, 2, 0).numpy())
+                images += [sample.image(index)
                            for index in members[:max(0, min(int(cifar_count), teaching.MAX_PER_CLASS))].tolist()]
             examples[name] = images
         taught, summary, archive = run_teach(examples, skipped, progress)

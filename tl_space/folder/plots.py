@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from tl_space.figures import new_figure, save_png
 
@@ -31,6 +32,10 @@ def plot_curves(history: list[dict], path: Path) -> Path:
 
 
 def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
+    return save_png(confusion_matrix_figure(matrix, class_names, "Confusion matrix (test)"), path)
+
+
+def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
     """Counts, rows = true class, columns = predicted class, labelled; cells annotated when they fit."""
     counts = np.asarray(matrix)
     size = max(5.0, 0.5 * len(class_names) + 2)
@@ -43,14 +48,14 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     axes.set_yticks(ticks, class_names, fontsize=8)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
-    axes.set_title("Confusion matrix (test)")
+    axes.set_title(title)
     if len(class_names) <= 20:
         threshold = counts.max() / 2
         for row in ticks:
             for column in ticks:
                 axes.text(column, row, str(counts[row, column]), ha="center", va="center", fontsize=7,
                           color="white" if counts[row, column] > threshold else "black")
-    return save_png(figure, path)
+    return figure
 
 
 def plot_reliability(report: dict, path: Path) -> Path:

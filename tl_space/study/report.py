@@ -262,12 +262,12 @@ def best_run(rows: list[dict]) -> str:
     return max((row for row in rows if row["shots"] == largest), key=lambda row: row["test_accuracy"])["run"]
 
 
-def study_overview(study: dict, rows: list[dict], summary: list[dict], served_run: str,
+def study_overview(study: dict, summary: list[dict], served_run: str,
                    quote: Callable[[object], str] = lambda value: f"`{value}`",
                    plain: Callable[[object], str] = str) -> list[str]:
     """The study's question, runs, budget and findings as Markdown lines: the study card's and the Study tab's.
     quote and plain render values read from study.json (the app escapes them)."""
-    training, settings = study["training"], study["study"]
+    training, settings, rows = study["training"], study["study"], study["rows"]
     budget = (f"{int(training.get('epochs', 0))} epochs" if settings.get("budget") == "epochs"
               else f"{float(settings.get('minutes', 0)):g} minutes of training")
     size = training.get("image_size")
@@ -286,7 +286,7 @@ def study_readme(record: dict) -> str:
     """The study folder's README (the Hub repo's card): overview, findings, table, plots."""
     lines = ["---", "library_name: timm", "tags: [image-classification, transfer-learning, tl-space, study]", "---", "",
              f"# Study: `{record['training']['model']}` on `{record['training']['dataset']}`", "",
-             *study_overview(record, record["rows"], record["summary"], record["best_run"]), "",
+             *study_overview(record, record["summary"], record["best_run"]), "",
              "Each run is a model folder under `runs/`.", "", "## Results", "",
              summary_table_markdown(record["summary"]), ""]
     lines += [f"![{title}]({name})\n" for name, title in STUDY_PLOTS.items()]

@@ -23,6 +23,7 @@ from torch import nn
 from tl_space import hub
 from tl_space import model as model_module
 from tl_space.errors import UserError
+from tl_space.folder import metrics as metrics_schema
 from tl_space.folder.metrics import metrics_record
 from tl_space.folder.read import LoadedModel
 from tl_space.folder.write import write_model_folder
@@ -80,9 +81,11 @@ def class_means_head(features: torch.Tensor, labels: torch.Tensor, classes: int)
     return model_module.class_mean_weights(features, labels, classes), torch.zeros(classes)
 
 
-def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression started at the class means, refined by full-batch L-BFGS with an L2 penalty."""
-    weight, bias = class_means_head(features, labels, classes)
+def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int,
+             start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression started at the class means (start, when already computed), refined by
+    full-batch L-BFGS with an L2 penalty."""
+    weight, bias = (tensor.clone() for tensor in start) if start else class_means_head(features, labels, classes)
     weight, bias = weight.requires_grad_(), bias.requires_grad_()
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
 
@@ -111,10 +114,10 @@ def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes
         held, kept = fold_of == fold, fold_of != fold
         if not held.any():
             continue
-        weight, bias = fit_head(features[kept], labels[kept], classes)
+        start = class_means_head(features[kept], labels[kept], classes)
+        weight, bias = fit_head(features[kept], labels[kept], classes, start)
         fitted[held] = features[held] @ weight.T + bias
-        mean_weight, _ = class_means_head(features[kept], labels[kept], classes)
-        means[held] = F.normalize(features[held], dim=1) @ F.normalize(mean_weight, dim=1).T
+        means[held] = F.normalize(features[held], dim=1) @ F.normalize(start[0], dim=1).T
     return fitted, means, folds
 
 
@@ -153,14 +156,15 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
         fitted, means, folds = cross_validated_logits(features, labels, len(names))
         weight, bias = fit_head(features, labels, len(names))
     report = calibration_report(fitted, labels, fitted, labels)
+    test = classification_metrics(fitted, labels, names)
     seconds = time.perf_counter() - started
     counts = torch.bincount(labels, minlength=len(names)).tolist()
     summary = {"classes": names, "images_per_class": dict(zip(names, counts)),
                "loo_accuracy": float((fitted.argmax(1) == labels).double().mean()),
                "class_mean_accuracy": float((means.argmax(1) == labels).double().mean()),
                "chance": max(counts) / len(labels), "folds": folds, "seconds": round(seconds, 2),
-               "skipped": skipped, "confusion_matrix": classification_metrics(fitted, labels, names)["confusion_matrix"]}
-    folder = _write_folder(loaded, names, weight, bias, fitted, labels, images, report, summary)
+               "skipped": skipped, "confusion_matrix": test["confusion_matrix"]}
+    folder = _write_folder(loaded, names, weight, bias, fitted, labels, images, report, test, summary)
     progress(1.0, "done")
     return TaughtModel(names, weight, bias, report["temperature"], summary, folder,
                        Path(shutil.make_archive(str(folder), "zip", folder.parent, folder.name)))
@@ -181,20 +185,20 @@ def taught_network(loaded: LoadedModel, taught_weight: torch.Tensor, taught_bias
 
 
 def _write_folder(loaded: LoadedModel, names: list[str], weight: torch.Tensor, bias: torch.Tensor,
-                  fitted: torch.Tensor, labels: torch.Tensor, images: list[Image.Image], report: dict,
+                  fitted: torch.Tensor, labels: torch.Tensor, images: list[Image.Image], report: dict, test: dict,
                   summary: dict) -> Path:
-    """The taught model as a complete model folder, its test section the cross-validated predictions."""
+    """The taught model as a complete model folder, its test section (test) from the cross-validated predictions
+    (fitted)."""
     network = taught_network(loaded, weight, bias)
     architecture = network.pretrained_cfg.get("architecture", type(network).__name__)
     settings = TrainSettings(dataset="images taught in the tl-space app", model=architecture, strategy="linear-probe",
                              epochs=1, output_dir="taught", test_split="cross-validation", max_misclassified=16,
                              cache_dir="none").published()
-    test = classification_metrics(fitted, labels, names)
-    test["best_epoch"] = 0
+    test = {**test, "best_epoch": 0}
     count = len(labels)
     metrics = metrics_record(
         history=[], stopped_by="no training", test=test, settings=settings,
-        model={"architecture": architecture, "base_model": (loaded.metrics.get("model") or {}).get("base_model"),
+        model={"architecture": architecture, "base_model": metrics_schema.base_model(loaded.metrics),
                "pretrained_file": None},
         calibration=report, flip_tta=None, preprocessing=loaded.preprocessing.to_dict(),
         data={"train_images": count, "val_images": count, "test_images": count,

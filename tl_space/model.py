@@ -189,6 +189,11 @@ def train_mode(model: nn.Module, keep_batchnorm_statistics: bool = False) -> Non
             module.eval()
 
 
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict as CPU copies, kept apart from the training that goes on."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
 def pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """What the classifier sees: the backbone's pooled (pre-logits) features."""
     return model.forward_head(model.forward_features(inputs), pre_logits=True)

@@ -189,7 +189,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                        f"acc {entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
         if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
             best.update(accuracy=entry["val_accuracy"], epoch=epoch,
-                        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                        state=model_module.state_copy(model))
         progress_record = {"settings": settings.published_settings, "stage": stage.name, "stage_index": stage.index,
                            "stage_epochs_done": epoch - first_epoch + 1, "history": history,
                            "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}

@@ -33,7 +33,7 @@ from tl_space.training.evaluation import (classification_metrics, final_logits, 
                                           misclassified_records)
 from tl_space.training.features import FrozenFeatures
 from tl_space.training.loop import LoopSettings, RunState, Stage, estimate_stage_seconds, train_stage
-from tl_space.transforms import preprocessing_for
+from tl_space.transforms import Preprocessing, preprocessing_for
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,8 @@ def start_or_resume(accelerator: Accelerator, checkpoint_dir: Path, generator: t
                     resume_stage=progress["stage_index"], resume_epochs_done=progress["stage_epochs_done"])
 
 
-def make_stage(stage_plan: StagePlan, model: nn.Module, trainable: list[nn.Parameter], splits: data_module.DataSplits,
-               preprocessing, generator: torch.Generator, plan: RunPlan, run_state: RunState) -> Stage:
+def make_stage(stage_plan: StagePlan, model: nn.Module, splits: data_module.DataSplits, preprocessing: Preprocessing,
+               generator: torch.Generator, plan: RunPlan) -> Stage:
     """The Stage a StagePlan trains: the head on cached features, or the model on augmented images."""
     if stage_plan.on_features:
         return Stage(stage_plan.index, stage_plan.name, model.get_classifier(), feature_inputs(splits.train.features),
@@ -276,23 +276,24 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
         features = splits.train.features
         model_module.imprint_classifier(model, features, splits.train.labels.to(features.device))
     if not plan.stages:  # nothing trains: the model as it stands is the run's result
-        run_state.best = {"epoch": 0, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        run_state.best = {"epoch": 0, "state": model_module.state_copy(model)}
         run_state.stopped_by = "no training"
-    stages = [make_stage(stage_plan, model, trainable, splits, preprocessing, generator, plan, run_state)
+    stages = [make_stage(stage_plan, model, splits, preprocessing, generator, plan)
               for stage_plan in plan.stages[first_stage:]]
-    estimates = []
-    for stage_plan, stage in zip(plan.stages[first_stage:], stages):  # each timed with what it will train
+
+    def trains_only(stage_plan: StagePlan) -> None:  # what the stage updates: the head on features, else `trainable`
         model_module.freeze_all_but(model, model_module.classifier_parameters(model) if stage_plan.on_features
                                     else trainable)
+
+    estimates = []
+    for stage_plan, stage in zip(plan.stages[first_stage:], stages):  # each timed with what it will train
+        trains_only(stage_plan)
         estimates.append(estimate_stage_seconds(accelerator, stage, splits, plan.loop))
     say_estimate(accelerator, stages, estimates, plan.loop)
     for stage_plan, stage in zip(plan.stages[first_stage:], stages):
-        if stage_plan.on_features:
-            model_module.freeze_all_but(model, model_module.classifier_parameters(model))
-        else:
-            if stage_plan.index > 0:
-                model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head
-            model_module.freeze_all_but(model, trainable)
+        if not stage_plan.on_features and stage_plan.index > 0:
+            model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head
+        trains_only(stage_plan)
         train_stage(accelerator, stage, model, splits, plan.loop, run_state)
     history, best = run_state.history, run_state.best
 

@@ -10,6 +10,7 @@ from gradio_client import Client, handle_file
 
 from conftest import CLASS_NAMES, colour_images
 from test_app_ui import app_url, model_folder  # noqa: F401  (shared fixtures)
+from tl_space.app.local_app import running_app
 from tl_space.images import image_tensor
 from tl_space.transforms import preprocessing_for, to_model_input
 
@@ -34,10 +35,8 @@ def test_teaching_three_classes_gives_a_model_folder_that_timm_loads(app_url, tm
     assert summary["loo_accuracy"] > 0.6 > 1 / 3 and summary["chance"] == pytest.approx(1 / 3)
     assert 0 <= summary["class_mean_accuracy"] <= 1 and summary["seconds"] < 60
     assert [line.split(":")[0] for line in summary["skipped"]] == ["red_broken.png"]
-    with zipfile.ZipFile(archive) as bundle:
-        bundle.extractall(tmp_path / "unzipped")
+    model = _unzipped_model(archive, tmp_path / "unzipped")
     folder = tmp_path / "unzipped" / "taught-model"
-    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     assert model.pretrained_cfg["label_names"] == ["red", "green", "blue"]
     held_out, labels = colour_images(6, 16, seed=99)
     keep = [index for index, label in enumerate(labels) if CLASS_NAMES[label] in ("red", "green", "blue")]
@@ -50,6 +49,40 @@ def test_teaching_three_classes_gives_a_model_folder_that_timm_loads(app_url, tm
     assert (predicted == expected).double().mean() > 0.6
     for name in ("metrics.json", "README.md", "config.json", "model.safetensors", "confusion_matrix.png"):
         assert (folder / name).is_file()
+
+
+def _unzipped_model(archive, folder):
+    with zipfile.ZipFile(archive) as bundle:
+        bundle.extractall(folder)
+    return timm.create_model(f"local-dir:{folder / 'taught-model'}", pretrained=True).eval()
+
+
+def test_teaching_cifar10_classes_on_the_bundled_model_learns_them(tmp_path):
+    """The bundled lite0 model's backbone, taught cat, ship and frog from 10 CIFAR-10 test images each (the bundled
+    sample), classifies the sample's 40 other images of each class."""
+    import app
+
+    sample = app.teach_sample_or_none(app.load_model_folder(str(app.DEFAULT_MODEL)).label_names)
+    classes = ["cat", "ship", "frog"]
+    taught, held_out = [], []
+    for name in classes:
+        members = torch.nonzero(sample.labels == sample.class_names.index(name)).flatten().tolist()
+        for number, index in enumerate(members[:10]):
+            taught.append(tmp_path / f"{name}_{number:02d}.png")
+            sample.image(index).save(taught[-1])
+        held_out += [(index, classes.index(name)) for index in members[10:]]
+    with running_app(str(app.DEFAULT_MODEL), tmp_path) as (url, _):
+        summary, archive, *_ = Client(url, verbose=False).predict([handle_file(str(path)) for path in taught],
+                                                                  api_name="/teach")
+    assert summary["classes"] == classes and summary["images_per_class"] == {name: 10 for name in classes}
+    assert summary["loo_accuracy"] > 0.6 > 1 / 3
+    model = _unzipped_model(archive, tmp_path / "unzipped")
+    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
+    inputs = to_model_input(torch.cat([image_tensor(sample.image(index), preprocessing.image_size)
+                                       for index, _ in held_out]), preprocessing)
+    with torch.inference_mode():
+        predicted = model(inputs).argmax(dim=1)
+    assert (predicted == torch.tensor([label for _, label in held_out])).double().mean() > 0.6
 
 
 def test_a_class_with_no_usable_image_stops_the_teach_with_one_sentence(app_url, tmp_path):  # noqa: F811

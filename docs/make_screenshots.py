@@ -37,12 +37,25 @@ def teach_screenshot(page) -> None:
     page.screenshot(path=str(ROOT / "docs" / "teach.png"), full_page=True)
 
 
+def compare_screenshot(page, image: str) -> None:
+    """The Compare tab (the bundled compare/ runs): one upload through each run, and the images they disagree on."""
+    page.get_by_role("tab", name="Compare").click()
+    panel = page.get_by_role("tabpanel")
+    panel.locator("input[type=file]").first.set_input_files(image)
+    panel.get_by_role("button", name="Compare", exact=True).click()
+    wait_for_images(page, ".compare-cam img", count=3)
+    panel.get_by_role("button", name="Show the test images they disagree on").click()
+    wait_for_images(page, "#compare-gallery img")
+    time.sleep(1)
+    page.screenshot(path=str(ROOT / "docs" / "compare.png"), full_page=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "model"))
     parser.add_argument("--study", default=str(ROOT / "study"))
     parser.add_argument("--image", default=str(ROOT / "examples" / "cat.png"))
-    parser.add_argument("--tabs", default="classify,mistakes,report,study,teach", help="which screenshots to make")
+    parser.add_argument("--tabs", default="classify,mistakes,report,study,teach,compare", help="which screenshots to make")
     args = parser.parse_args()
     tabs = set(args.tabs.split(","))
     with running_app(args.model, Path(tempfile.mkdtemp()), study_id=args.study) as (url, _):
@@ -52,6 +65,9 @@ def main() -> None:
             page.goto(url)
             if "teach" in tabs:
                 teach_screenshot(page)
+                page.goto(url)
+            if "compare" in tabs:
+                compare_screenshot(page, args.image)
                 page.goto(url)
             if not tabs & {"classify", "mistakes", "report", "study"}:
                 browser.close()

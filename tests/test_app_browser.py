@@ -77,11 +77,15 @@ def study_app_url(tiny_study, tmp_path_factory):
 def test_study_tab_shows_findings_table_and_plots(study_app_url, tiny_study, page, screenshots):
     from playwright.sync_api import expect
 
-    findings = json.loads((tiny_study / "study.json").read_text())["findings"]
+    record = json.loads((tiny_study / "study.json").read_text())
+    findings, first_row = record["findings"], record["summary"][0]
     page.goto(study_app_url)
     page.get_by_role("tab", name="Study").click()
     expect(page.get_by_text(findings[0])).to_be_visible(timeout=60_000)
     expect(page.get_by_text("Every strategy at every shot size").first).to_be_visible()
+    # the table's cells are text: a model name's underscores shown as they are, not escaped for Markdown
+    model_cell = f"{first_row['model']} ({first_row['image_size']} px)"
+    expect(page.get_by_role("gridcell", name=model_cell, exact=True).first).to_be_visible()
     wait_for_images(page, ".study-plot img", count=3)
     assert page.locator(".study-plot img").count() == 3
     page.screenshot(path=str(screenshots / "study.png"), full_page=True)

@@ -12,6 +12,9 @@ def test_settings_that_only_say_where_a_run_reports_do_not_make_another_run():
     elsewhere = {**published, "output_dir": "other", "cache_dir": "/x", "push_to_hub": True, "compile": "no"}
     assert differing_settings(published, elsewhere) == []
     assert differing_settings(published, {**published, "epochs": 9, "seed": 1}) == ["epochs", "seed"]
+    older = {key: value for key, value in published.items() if key != "probe_solver"}  # a run that predates it
+    assert differing_settings(older, published) == []
+    assert differing_settings(older, {**published, "probe_solver": "lbfgs"}) == ["probe_solver"]
 
 
 def test_every_setting_is_either_a_run_setting_or_a_reporting_one():

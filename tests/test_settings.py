@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tl_space.settings import TrainSettings, parse_settings
+from tl_space.settings import CPU_DEFAULTS, GPU_DEFAULTS, TrainSettings, describe_defaults, parse_settings, with_machine_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,5 +18,21 @@ def test_help_lists_every_option_with_its_default():
                    "--shots-per-class", "--val-size", "--max-train-samples", "--max-eval-samples", "--output-dir",
                    "--image-column", "--label-column", "--report-to", "--max-misclassified"):
         assert option in parser_help
-    assert "(default: uoft-cs/cifar10)" in parser_help and "(default: finetune)" in parser_help
+    assert "(default: uoft-cs/cifar10)" in parser_help and "the machine's default" in parser_help
     assert parse_settings([]) == TrainSettings()
+
+
+def test_unset_options_take_the_machines_recipe_and_set_ones_are_kept():
+    on_cpu, picked = with_machine_defaults(TrainSettings(), on_gpu=False)
+    assert picked == CPU_DEFAULTS and on_cpu.model == "tf_efficientnet_lite0" and on_cpu.image_size == 96
+    assert (on_cpu.strategy, on_cpu.max_train_minutes) == ("lp-ft", 50.0)
+    on_gpu, picked = with_machine_defaults(TrainSettings(), on_gpu=True)
+    assert picked == GPU_DEFAULTS and (on_gpu.model, on_gpu.strategy, on_gpu.epochs) == ("resnet18.a1_in1k", "finetune", 5)
+    assert on_gpu.image_size is None and on_gpu.max_train_minutes is None  # the model's own size, no time budget
+    # A model of the user's own keeps its own size; epochs of the user's own bring no time budget.
+    chosen, picked = with_machine_defaults(parse_settings(["--model", "resnet50", "--epochs", "3"]), on_gpu=False)
+    assert (chosen.model, chosen.image_size, chosen.epochs, chosen.max_train_minutes) == ("resnet50", None, 3, None)
+    assert set(picked) == {"strategy", "batch_size"}
+    assert with_machine_defaults(chosen, on_gpu=True) == (chosen, {})  # resolved once: nothing left to pick
+    line = describe_defaults(picked, on_gpu=False)
+    assert "--strategy lp-ft --batch-size 32" in line and "within an hour" in line

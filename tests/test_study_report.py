@@ -45,4 +45,29 @@ def test_findings_say_what_a_probe_first_gains_at_the_fewest_and_the_most_images
                 "epochs": 3, "trainable_parameters": 100, "curve": []}
     rows = [row("lp-ft", 1, 0.40), row("finetune", 1, 0.30), row("lp-ft", "all", 0.90), row("finetune", "all", 0.89)]
     sentence = next(line for line in findings(summarize(rows)) if line.startswith("lp-ft against finetune"))
-    assert sentence == "lp-ft against finetune: +10.0 points with 1 image per class, +1.0 with all 500 images per class."
+    assert sentence == ("lp-ft against finetune: +10.0 points with 1 image per class, +1.0 points with all 500 images "
+                        "per class.")
+    # two seeds each, 10 points apart within a pair: a 2-point gap is within the spread
+    rows = [row("lp-ft", 1, 0.30), row("lp-ft", 1, 0.40, seed=43), row("finetune", 1, 0.32),
+            row("finetune", 1, 0.42, seed=43)]
+    sentence = next(line for line in findings(summarize(rows)) if line.startswith("lp-ft against finetune"))
+    assert sentence == "lp-ft against finetune: -2.0 points with 1 image per class (within the spread over seeds)."
+
+
+def test_findings_explain_an_lp_ft_that_kept_its_probe_and_lost_to_finetune():
+    from tl_space.study.report import findings, summarize
+
+    def row(strategy, accuracy, seed, best_stage):
+        return {"run": f"runs/{strategy}-1-seed{seed}", "strategy": strategy, "shots": 1, "seed": seed,
+                "images_per_class": 1, "test_accuracy": accuracy, "wall_seconds": 10.0, "epochs": 3,
+                "trainable_parameters": 100, "curve": [], "best_stage": best_stage}
+    rows = [row("lp-ft", 0.35, 42, "linear-probe"), row("lp-ft", 0.37, 43, "finetune"),
+            row("finetune", 0.40, 42, "finetune"), row("finetune", 0.41, 43, "finetune"),
+            row("linear-probe", 0.34, 42, "linear-probe"), row("linear-probe", 0.36, 43, "linear-probe")]
+    explained = [line for line in findings(summarize(rows)) if "kept its probe's model" in line]
+    assert explained == ["With 1 image per class, lp-ft kept its probe's model in 1 of 2 runs (no fine-tuning epoch "
+                         "raised validation accuracy): it kept the pretrained features unchanged and scored as "
+                         "linear-probe did (35.0%), while finetune, whose features moved, did better."]
+    # lp-ft ahead of finetune: nothing to explain
+    rows = [dict(r, test_accuracy=0.5) if r["strategy"] == "lp-ft" else r for r in rows]
+    assert not [line for line in findings(summarize(rows)) if "kept its probe's model" in line]

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_settings(dataset: Path, output_dir: Path, pretrained_file: Path, **overrides) -> TrainSettings:
-    values = dict(dataset=str(dataset), model=TINY_MODEL, pretrained_file=str(pretrained_file), epochs=2,
-                  probe_epochs=2, batch_size=32, image_size=32, val_size=30, output_dir=str(output_dir),
+    values = dict(dataset=str(dataset), model=TINY_MODEL, strategy="finetune", pretrained_file=str(pretrained_file),
+                  epochs=2, probe_epochs=2, batch_size=32, image_size=32, val_size=30, output_dir=str(output_dir),
                   mixed_precision="no", cache_dir="none")
     values.update(overrides)
     return TrainSettings(**values)
@@ -272,6 +272,46 @@ def test_patience_stops_a_stage_that_no_longer_improves(tiny_dataset, pretrained
     assert metrics["stopped_by"] == "patience" and len(metrics["history"]) < 30
     best = metrics["test"]["best_epoch"]
     assert len(metrics["history"]) == best + 2  # two epochs without a better validation accuracy, then the stop
+
+
+def test_patience_counts_within_a_stage_so_a_plateaued_probe_leaves_fine_tuning_its_epochs(tiny_dataset,
+                                                                                          pretrained_file, tmp_path):
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "lp-ft", pretrained_file, strategy="lp-ft", probe_epochs=8,
+                               epochs=5, lr=1e-9, patience=2))
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    probe = [entry for entry in history if entry["stage"] == "linear-probe"]
+    best_probe_epoch = max(probe, key=lambda entry: entry["val_accuracy"])["epoch"]
+    assert best_probe_epoch < len(probe)  # the probe plateaued before its last epoch...
+    # ...and fine-tuning, too slow to improve, still ran its own two epochs before patience stopped it
+    assert [entry["stage"] for entry in history[len(probe):]] == ["finetune", "finetune"]
+
+
+def test_lbfgs_fits_the_probe_head_at_each_l2_strength_and_keeps_the_best_on_validation(tiny_dataset, pretrained_file,
+                                                                                       tmp_path):
+    from tl_space.training.loop import L2_GRID
+    accuracy = {}
+    for solver in ("adamw", "lbfgs"):
+        folder = run(tiny_settings(tiny_dataset, tmp_path / solver, pretrained_file, strategy="linear-probe",
+                                   epochs=10, lr=0.03, probe_solver=solver))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        accuracy[solver] = metrics["test"]["accuracy"]
+    history = metrics["history"]
+    assert [entry["l2"] for entry in history] == list(L2_GRID) and metrics["settings"]["probe_solver"] == "lbfgs"
+    best = max(history, key=lambda entry: entry["val_accuracy"])
+    assert metrics["test"]["best_epoch"] == best["epoch"]
+    assert accuracy["lbfgs"] > 2 / len(CLASS_NAMES) and accuracy["lbfgs"] >= accuracy["adamw"] - 0.1
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "lp-ft", pretrained_file, strategy="lp-ft", epochs=1,
+                               probe_solver="lbfgs"))  # then fine-tuning goes on from the fitted head
+    stages = [entry["stage"] for entry in json.loads((folder / "metrics.json").read_text())["history"]]
+    assert stages == ["linear-probe"] * len(L2_GRID) + ["finetune"]
+
+
+def test_unset_options_take_the_cpus_defaults_and_the_run_says_so(tiny_dataset, pretrained_file, tmp_path, capsys):
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "defaults", pretrained_file, strategy=None, batch_size=None,
+                               epochs=1))
+    assert "unset options take this CPU's defaults: --strategy lp-ft --batch-size 32" in capsys.readouterr().out
+    settings = json.loads((folder / "metrics.json").read_text())["settings"]
+    assert (settings["strategy"], settings["batch_size"], settings["max_train_minutes"]) == ("lp-ft", 32, None)
 
 
 def test_class_means_needs_a_probe(tiny_dataset, pretrained_file, tmp_path):

@@ -119,6 +119,24 @@ def imprint_classifier(model: nn.Module, features: torch.Tensor, labels: torch.T
         head.bias.zero_()
 
 
+def fit_logistic_head(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      l2: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression from (weight, bias): at most `steps` iterations of full-batch L-BFGS on the
+    mean cross-entropy plus l2 times the squared weights. Returns new tensors; the inputs stay as they were."""
+    weight, bias = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(features @ weight.T + bias, labels) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
 def stage_names(model: nn.Module) -> list[str]:
     """Names of the modules that end each feature stage, from timm's feature_info, first to last."""
     feature_info = getattr(model, "feature_info", None) or []

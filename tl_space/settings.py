@@ -17,10 +17,19 @@ COMPILE_CHOICES = ("auto", "yes", "no")
 FLIP_TTA_CHOICES = ("auto", "off")
 BATCHNORM_CHOICES = ("auto", "pretrained", "batch")
 HEAD_INIT_CHOICES = ("zero", "class-means")
+PROBE_SOLVER_CHOICES = ("adamw", "lbfgs")
 # Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
 COMPILE_MIN_IMAGES = 10_000
+# What options the user leaves unset become, by machine. A GPU: a full fine-tune of ResNet-18 at its pretrained
+# size. A CPU: the recipe with the best test accuracy within an hour measured on a 2-core CPU (lite0 lp-ft at 96 px,
+# docs/results.md), its training bounded by minutes, so a faster CPU trains longer, not longer than an hour.
+GPU_DEFAULTS = {"model": "resnet18.a1_in1k", "strategy": "finetune", "batch_size": 128, "epochs": 5}
+CPU_DEFAULTS = {"model": "tf_efficientnet_lite0", "image_size": 96, "strategy": "lp-ft", "batch_size": 32,
+                "epochs": 10, "max_train_minutes": 50.0}
+CPU_DEFAULTS_REASON = ("the recipe with the best test accuracy within an hour on a 2-core CPU (91.2% on CIFAR-10); "
+                       "a GPU's defaults are a full fine-tune of resnet18.a1_in1k at 224 px for 5 epochs")
 
 
 def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
@@ -35,6 +44,27 @@ def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
         if part.startswith("datasets--") and part.count("--") == 2:
             return part.removeprefix("datasets--").replace("--", "/")
     return None
+
+
+def with_machine_defaults(settings: TrainSettings, on_gpu: bool) -> tuple[TrainSettings, dict]:
+    """The settings with every unset recipe option set to this machine's default, and the options it set. The image
+    size comes with the default model only, the time budget with the default epochs only."""
+    picked = {}
+    for name, value in (GPU_DEFAULTS if on_gpu else CPU_DEFAULTS).items():
+        user_chose = getattr(settings, name) is not None or (
+            name == "image_size" and settings.model is not None) or (
+            name == "max_train_minutes" and settings.epochs is not None)
+        if not user_chose:
+            picked[name] = value
+    return dataclasses.replace(settings, **picked), picked
+
+
+def describe_defaults(picked: dict, on_gpu: bool) -> str:
+    """One line saying which options took the machine's defaults, and why."""
+    flags = " ".join(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float)
+                     else f"--{name.replace('_', '-')} {value}" for name, value in picked.items())
+    why = "a full fine-tune" if on_gpu else CPU_DEFAULTS_REASON
+    return f"unset options take this {'GPU' if on_gpu else 'CPU'}'s defaults: {flags} ({why}); set any to change it"
 
 
 def option(default, help: str, run: bool = True, **argparse_kwargs):
@@ -54,14 +84,17 @@ class TrainSettings:
     label_column: str | None = option(None, "label column; if unset, found from the features (label, fine_label, ...)")
     train_split: str = option("train", "split to train (and hold validation images out of)")
     test_split: str = option("test", "split evaluated once, at the end")
-    model: str = option("resnet18.a1_in1k", "any timm model name; its ImageNet weights come from the Hub unless --pretrained-file")
+    model: str | None = option(None, "any timm model name; its ImageNet weights come from the Hub unless "
+                                     "--pretrained-file; if unset, the machine's default (below)")
     pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
-    strategy: str = option("finetune", "what is trained: " + "; ".join(
-        f"{s.name}: {s.description}" for s in strategies.STRATEGIES.values()), choices=strategies.NAMES)
+    strategy: str | None = option(None, "what is trained: " + "; ".join(
+        f"{s.name}: {s.description}" for s in strategies.STRATEGIES.values())
+        + "; if unset, the machine's default (below)", choices=strategies.NAMES)
     unfreeze_stages: int = option(1, "with --strategy partial: how many of the last stages train, besides the head")
-    epochs: int = option(5, "training epochs (for lp-ft: of the fine-tuning stage)")
+    epochs: int | None = option(None, "training epochs (for lp-ft: of the fine-tuning stage); if unset, the "
+                                      "machine's default (below)")
     probe_epochs: int = option(10, "with --strategy lp-ft: epochs of the linear-probe stage")
-    batch_size: int = option(128, "images per batch and process")
+    batch_size: int | None = option(None, "images per batch and process; if unset, the machine's default (below)")
     eval_batch_size: int | None = option(None, "images per batch for features and evaluation; if unset, "
                                           f"{CPU_EVAL_BATCH_SIZE} on a CPU (small batches stay in its caches), --batch-size on a GPU", run=False)
     compile: str = option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
@@ -76,16 +109,23 @@ class TrainSettings:
                                     "class-means: each class's weights the normalised mean of its training images' "
                                     "frozen features (weight imprinting, Qi et al. 2018); class-means needs the "
                                     "frozen features of linear-probe or lp-ft", choices=HEAD_INIT_CHOICES)
+    probe_solver: str = option("adamw", "how a head learns on cached features (linear-probe, lp-ft's first stage): "
+                                        "adamw: epochs of minibatch steps; lbfgs: multinomial logistic regression by "
+                                        "full-batch L-BFGS at each L2 strength of a grid, the one with the best "
+                                        "validation accuracy kept (seconds on cached features)",
+                               choices=PROBE_SOLVER_CHOICES)
     patience: int | None = option(None, "stop a stage once validation accuracy has not improved for this many epochs; "
                                         "if unset, every epoch runs")
     lr: float | None = option(None, "peak learning rate of AdamW (for lp-ft: of the fine-tuning stage); if unset, "
                                + ", ".join(f"{s.lr} for {s.name}" for s in strategies.STRATEGIES.values())
                                + f" ({strategies.HEAD_LR} for lp-ft's probe stage)")
     weight_decay: float = option(0.05, "AdamW weight decay")
-    image_size: int | None = option(None, "side of the square input the model sees; if unset, the model's pretrained size")
+    image_size: int | None = option(None, "side of the square input the model sees; if unset, the machine's "
+                                          "default with its default model, else the model's pretrained size")
     max_train_minutes: float | None = option(None, "time budget: stop training after this many minutes (validation "
                                               "included; --epochs is then the most it may run) and let the learning "
-                                              "rate follow the time spent")
+                                              "rate follow the time spent; if unset, the machine's default when "
+                                              "--epochs is unset too, else none")
     seed: int = option(42, "seed for splits, subsets, initialisation and augmentation")
     split_seed: int | None = option(None, "seed of the validation hold-out (and of --max-eval-samples); if unset, "
                                      "--seed. Runs that differ only in --seed then share validation and test images")
@@ -128,7 +168,7 @@ class TrainSettings:
         values["dataset"] = dataset_hub_id(self.dataset, self.dataset_id) or Path(self.dataset).name
         if self.pretrained_file is not None:
             values["pretrained_file"] = Path(self.pretrained_file).name
-        if self.model.startswith("local-dir:"):
+        if self.model and self.model.startswith("local-dir:"):
             values["model"] = "local-dir:" + Path(self.model.removeprefix("local-dir:")).name
         values["output_dir"] = Path(self.output_dir).name
         values["cache_dir"] = None
@@ -138,6 +178,8 @@ class TrainSettings:
 # The settings that change what a run computes; the others say where or how it reports.
 RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.metadata["run"])
 REPORTING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if not f.metadata["run"])
+# Settings newer than a run folder read as their defaults there: each new one defaults to what runs did before it.
+SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.default is not dataclasses.MISSING}
 
 
 def _argument_type(annotation: str):
@@ -193,6 +235,8 @@ def check_settings(settings: TrainSettings) -> None:
     if settings.head_init == "class-means" and not chosen.probe_first:
         raise UserError(f"--head-init class-means needs the frozen features of a probe; --strategy {settings.strategy} "
                         "has none: use linear-probe or lp-ft, or --head-init zero")
+    if settings.probe_solver not in PROBE_SOLVER_CHOICES:
+        raise UserError(f"--probe-solver {settings.probe_solver!r} is not one of {', '.join(PROBE_SOLVER_CHOICES)}")
     if settings.compile not in COMPILE_CHOICES:
         raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",

@@ -84,20 +84,9 @@ def class_means_head(features: torch.Tensor, labels: torch.Tensor, classes: int)
 def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int,
              start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression started at the class means (start, when already computed), refined by
-    full-batch L-BFGS with an L2 penalty."""
-    weight, bias = (tensor.clone() for tensor in start) if start else class_means_head(features, labels, classes)
-    weight, bias = weight.requires_grad_(), bias.requires_grad_()
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(features @ weight.T + bias, labels) + L2 * weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    full-batch L-BFGS with an L2 penalty: training's solver for heads on cached features."""
+    weight, bias = start if start else class_means_head(features, labels, classes)
+    return model_module.fit_logistic_head(features, labels, weight, bias, L2, LBFGS_STEPS)
 
 
 def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes: int

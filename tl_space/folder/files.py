@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tl_space.errors import UserError
-from tl_space.settings import RUN_SETTINGS
+from tl_space.settings import RUN_SETTINGS, SETTING_DEFAULTS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -43,8 +43,10 @@ def is_model_folder(names: set[str]) -> bool:
 
 
 def differing_settings(previous: dict, current: dict) -> list[str]:
-    """Names of the run settings (those that change what a run computes) in which two published settings differ."""
-    return sorted(key for key in current if key in RUN_SETTINGS and previous.get(key) != current[key])
+    """Names of the run settings (those that change what a run computes) in which two published settings differ; a
+    setting the previous run predates counts as its default."""
+    return sorted(key for key in current
+                  if key in RUN_SETTINGS and previous.get(key, SETTING_DEFAULTS.get(key)) != current[key])
 
 
 def read_json(path: Path, default, name: str):

@@ -25,6 +25,13 @@ def _pretrained(entry: dict) -> bool:
     return strategy is not None and strategy.pretrained
 
 
+def _kept_probe(row: dict) -> bool:
+    """Whether a probe-first run's best model, the one it kept, came from its probe stage, not its later stage."""
+    strategy = strategy_named(row["strategy"])
+    return bool(strategy and strategy.probe_first and strategy.image_stage and row.get("best_stage")
+                and row["best_stage"] != strategy.image_stage)
+
+
 def _shots_order(shots: int | str) -> float:
     return math.inf if shots == "all" else float(shots)
 
@@ -53,9 +60,16 @@ def summarize(rows: list[dict]) -> list[dict]:
             "trainable_parameters": members[0]["trainable_parameters"],
             "model": members[0].get("model"), "image_size": members[0].get("image_size"),
             "budget_bound_runs": sum(bool(row.get("budget_bound")) for row in members),
+            "probe_kept_runs": sum(_kept_probe(row) for row in members),
         })
     strategy_rank = {name: index for index, name in enumerate(NAMES)}
     return sorted(summary, key=lambda entry: (_shots_order(entry["shots"]), strategy_rank.get(entry["strategy"], 99)))
+
+
+def _within_spread(first: dict, second: dict) -> bool:
+    """Whether two summary entries differ by no more than the larger of their standard deviations over seeds."""
+    return abs(first["mean_test_accuracy"] - second["mean_test_accuracy"]) <= max(first["std_test_accuracy"],
+                                                                                  second["std_test_accuracy"])
 
 
 def _accuracy_text(entry: dict) -> str:
@@ -79,8 +93,7 @@ def findings(summary: list[dict]) -> list[str]:
             continue
         runner_up = ranked[1]
         margin = (best["mean_test_accuracy"] - runner_up["mean_test_accuracy"]) * 100
-        close = " (within the spread over seeds)" if margin / 100 <= max(best["std_test_accuracy"],
-                                                                         runner_up["std_test_accuracy"]) else ""
+        close = " (within the spread over seeds)" if _within_spread(best, runner_up) else ""
         sentences.append(f"{where}: {best['strategy']} wins with {_accuracy_text(best)}, {margin:.1f} points ahead "
                          f"of {runner_up['strategy']} ({runner_up['mean_test_accuracy']:.1%}){close}.")
     sentences += _pretraining_gain(by_shots)
@@ -128,14 +141,28 @@ def _probe_first_gain(by_shots: dict) -> list[str]:
         named = {entry["strategy"]: entry for entry in entries}
         if "lp-ft" in named and "finetune" in named:
             gains.append((shots, named["lp-ft"], (named["lp-ft"]["mean_test_accuracy"]
-                                                  - named["finetune"]["mean_test_accuracy"]) * 100))
+                                                  - named["finetune"]["mean_test_accuracy"]) * 100,
+                          _within_spread(named["lp-ft"], named["finetune"])))
     if not gains:
         return []
-    (shots, entry, gain), (last_shots, last_entry, last_gain) = gains[0], gains[-1]
-    sentence = (f"lp-ft against finetune: {gain:+.1f} points with {describe_shots(shots, entry['images_per_class'])}")
+
+    def gain_text(shots, entry, gain, close) -> str:
+        spread = " (within the spread over seeds)" if close else ""
+        return f"{gain:+.1f} points with {describe_shots(shots, entry['images_per_class'])}{spread}"
+    sentence = "lp-ft against finetune: " + gain_text(*gains[0])
     if len(gains) > 1:
-        sentence += f", {last_gain:+.1f} with {describe_shots(last_shots, last_entry['images_per_class'])}"
-    return [sentence + "."]
+        sentence += ", " + gain_text(*gains[-1])
+    sentences = [sentence + "."]
+    for shots, entry, gain, _ in gains:
+        probe = next((e for e in by_shots[shots] if e["strategy"] == "linear-probe"), None)
+        if entry.get("probe_kept_runs") and gain < 0:  # fine-tuning never beat the probe: lp-ft is the probe
+            probe_text = f" and scored as linear-probe did ({probe['mean_test_accuracy']:.1%})" if probe else ""
+            sentences.append(
+                f"With {describe_shots(shots, entry['images_per_class'])}, lp-ft kept its probe's model in "
+                f"{entry['probe_kept_runs']} of {entry['runs']} runs (no fine-tuning epoch raised validation "
+                f"accuracy): it kept the pretrained features unchanged{probe_text}, while finetune, whose features "
+                "moved, did better.")
+    return sentences
 
 
 def _cost(entries: list[dict]) -> list[str]:

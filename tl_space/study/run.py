@@ -24,7 +24,8 @@ from tl_space import hub
 from tl_space import data as data_module
 from tl_space.errors import UserError, exit_code
 from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, RUNS_DIR, differing_settings
-from tl_space.settings import TrainSettings, add_arguments, check_settings, option
+from tl_space.settings import (TrainSettings, add_arguments, check_settings, describe_defaults, option,
+                              with_machine_defaults)
 from tl_space.strategies import NAMES, STRATEGIES
 from tl_space.study.report import write_study_files
 from tl_space.training import checkpoint
@@ -197,7 +198,8 @@ def study_row(planned: PlannedRun, metrics: dict) -> dict:
         "budget_bound": bool(history) and stopped_by in ("epochs", "time budget") and best_epoch == history[-1]["epoch"],
         "train_images": data["train_images"],
         "images_per_class": data["train_images"] / len(data["class_names"]),
-        "test_accuracy": metrics["test"]["accuracy"], "best_epoch": metrics["test"]["best_epoch"],
+        "test_accuracy": metrics["test"]["accuracy"], "best_epoch": best_epoch,
+        "best_stage": next((entry["stage"] for entry in history if entry["epoch"] == best_epoch), None),
         "epochs": len(metrics["history"]), "wall_seconds": round(metrics["timing"]["total_seconds"], 2),
         "training_seconds": round(metrics["timing"]["training_seconds"], 2),
         "trainable_parameters": metrics["trainable_parameters"], "curve": curve,
@@ -216,6 +218,11 @@ def run_study(study: StudySettings) -> Path:
     # One accelerator for all runs (one process group); the dataset decoded once for every run.
     accelerator: Accelerator = make_accelerator(study.training.mixed_precision, study.training.report_to,
                                                 str(output_dir))
+    on_gpu = accelerator.device.type != "cpu"
+    training, picked = with_machine_defaults(study.training, on_gpu)  # once: every run shares them
+    study = dataclasses.replace(study, training=training)
+    if picked and accelerator.is_main_process:
+        tqdm.write(describe_defaults(picked, on_gpu))
     decoded_store = data_module.DecodedDataStore()
     rows = []
     for number, planned in enumerate(runs, start=1):

@@ -24,6 +24,10 @@ from tl_space.training.batches import InputsFn, index_loader, predict
 from tl_space.training.evaluation import classification_metrics
 
 WARMUP_FRACTION = 0.05
+# --probe-solver lbfgs: the L2 strengths tried, strongest first (each fit starts from the previous one's head), and
+# the L-BFGS iterations of each fit.
+L2_GRID = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+LBFGS_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,9 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                 tqdm.write(f"{stage.name}: the {settings.max_train_minutes:g}-minute budget is spent after epoch {epoch}")
             run_state.stopped_by = "time budget"
             break
-        if settings.patience and epoch - best["epoch"] >= settings.patience and epoch < last_epoch:
+        # Counted within this stage: a probe that plateaued early leaves the fine-tuning stage its full patience.
+        since_better = epoch - max(best["epoch"], first_epoch - 1)
+        if settings.patience and since_better >= settings.patience and epoch < last_epoch:
             if accelerator.is_main_process:
                 tqdm.write(f"{stage.name}: no better validation accuracy for {settings.patience} epochs (best: epoch "
                            f"{best['epoch']}); stopping after epoch {epoch}")
@@ -211,6 +217,42 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             break
     accelerator.free_memory()
 
+
+
+def fit_head_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits: DataSplits,
+                   run_state: RunState) -> None:
+    """Fit stage.module, a linear head, on cached features by multinomial logistic regression at each L2 strength of
+    L2_GRID; each strength is one entry of run_state.history, and the best validation accuracy is kept as training's
+    best epoch. Every process fits the same full batch, so all end with the same head."""
+    run_state.stopped_by = "epochs"
+    head, history, best = stage.module, run_state.history, run_state.best
+    everything = torch.arange(len(splits.train), device=accelerator.device)
+    features = stage.train_inputs(everything, False).float()
+    labels = splits.train.labels.to(features.device)
+    weight, bias = head.weight.detach().float(), head.bias.detach().float()
+    for l2 in L2_GRID:
+        started = time.perf_counter()
+        weight, bias = model_module.fit_logistic_head(features, labels, weight, bias, l2, LBFGS_STEPS)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+            train = classification_metrics((features @ weight.T + bias).cpu(), splits.train.labels, splits.class_names)
+        train_seconds = time.perf_counter() - started
+        val_logits = predict(accelerator, head, stage.val_inputs, len(splits.val), stage.eval_batch_size)
+        val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
+        entry = {"epoch": len(history) + 1, "stage": stage.name, "train_loss": train["loss"],
+                 "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                 "seconds": time.perf_counter() - started, "train_images_per_second": len(labels) / train_seconds,
+                 "lr": None, "l2": l2}
+        history.append(entry)
+        accelerator.log({k: v for k, v in entry.items() if k not in ("stage", "lr")}, step=entry["epoch"])
+        if accelerator.is_main_process:
+            tqdm.write(f"{stage.name}, L-BFGS at L2 {l2:g}: train loss {entry['train_loss']:.4f} acc "
+                       f"{entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} acc "
+                       f"{entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
+        if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
+            best.update(accuracy=entry["val_accuracy"], epoch=entry["epoch"],
+                        state=model_module.state_copy(model))
 
 
 def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings) -> float:

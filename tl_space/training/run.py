@@ -24,7 +24,8 @@ from tl_space.errors import UserError
 from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, differing_settings
 from tl_space.folder.metrics import metrics_record
 from tl_space.folder.write import write_model_folder
-from tl_space.settings import COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, TrainSettings, check_settings
+from tl_space.settings import (COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, TrainSettings, check_settings,
+                               describe_defaults, with_machine_defaults)
 from tl_space.strategies import STRATEGIES, StagePlan, Strategy, keeps_batchnorm_statistics, stages
 from tl_space.training import checkpoint
 from tl_space.training.batches import FEATURE_BATCH_SIZE, feature_inputs, image_inputs
@@ -32,7 +33,8 @@ from tl_space.training.calibration import calibration_report
 from tl_space.training.evaluation import (classification_metrics, final_logits, flip_tta_report,
                                           misclassified_records)
 from tl_space.training.features import FrozenFeatures
-from tl_space.training.loop import LoopSettings, RunState, Stage, estimate_stage_seconds, train_stage
+from tl_space.training.loop import (L2_GRID, LoopSettings, RunState, Stage, estimate_stage_seconds, fit_head_stage,
+                                   train_stage)
 from tl_space.transforms import Preprocessing, preprocessing_for
 
 
@@ -46,6 +48,7 @@ class RunPlan:
     eval_batch_size: int
     compile_min_images: int | None  # compile the frozen backbone for splits this large; None: never
     head_init: str  # "zero" or "class-means"
+    probe_solver: str  # how heads learn on cached features: "adamw" (the stage's epochs) or "lbfgs"
     threads: int | None  # torch's CPU threads per process; None on a GPU: left as they are
     images_cache: Path | None
     features_cache: Path | None
@@ -78,6 +81,7 @@ def resolve(settings: TrainSettings, device: torch.device, local_processes: int 
         eval_batch_size=settings.eval_batch_size or (CPU_EVAL_BATCH_SIZE if on_cpu else settings.batch_size),
         compile_min_images=compile_min_images,
         head_init="class-means" if not strategy.trains_at_all else settings.head_init,
+        probe_solver=settings.probe_solver,
         # `accelerate launch` without a config sets OMP_NUM_THREADS=1 for CPU runs: torch would use one core.
         threads=(settings.threads or cpu_threads(local_processes)) if on_cpu else None,
         images_cache=caches.cache_folder(settings.cache_dir, "images"),
@@ -182,9 +186,10 @@ def start_or_resume(accelerator: Accelerator, checkpoint_dir: Path, generator: t
 def make_stage(stage_plan: StagePlan, model: nn.Module, splits: data_module.DataSplits, preprocessing: Preprocessing,
                generator: torch.Generator, plan: RunPlan) -> Stage:
     """The Stage a StagePlan trains: the head on cached features, or the model on augmented images."""
-    if stage_plan.on_features:
+    if stage_plan.on_features:  # with L-BFGS, one "epoch" per L2 strength tried
+        epochs = len(L2_GRID) if plan.probe_solver == "lbfgs" else stage_plan.epochs
         return Stage(stage_plan.index, stage_plan.name, model.get_classifier(), feature_inputs(splits.train.features),
-                     feature_inputs(splits.val.features), stage_plan.epochs, stage_plan.lr, FEATURE_BATCH_SIZE)
+                     feature_inputs(splits.val.features), epochs, stage_plan.lr, FEATURE_BATCH_SIZE)
     device = next(model.parameters()).device
     inputs = {name: image_inputs(getattr(splits, name).images.to(device), preprocessing, generator)
               for name in ("train", "val")}
@@ -212,13 +217,17 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     A caller running several trainings in one process (a study) passes its own accelerator, which it ends, and a
     store in which the decoded dataset is kept between runs.
     """
+    owns_accelerator = accelerator is None
+    accelerator = accelerator or make_accelerator(settings.mixed_precision, settings.report_to, settings.output_dir)
+    on_gpu = accelerator.device.type != "cpu"
+    settings, picked = with_machine_defaults(settings, on_gpu)
+    if picked and accelerator.is_main_process:
+        tqdm.write(describe_defaults(picked, on_gpu))
     check_settings(settings)
     published = settings.published()
     output_dir = check_output_dir(Path(settings.output_dir), published, settings.overwrite, settings.resume)
     if settings.push_to_hub:  # a missing or read-only token must not cost a training run
         hub.check_push_access(settings.hub_model_id)
-    owns_accelerator = accelerator is None
-    accelerator = accelerator or make_accelerator(settings.mixed_precision, settings.report_to, settings.output_dir)
     if owns_accelerator and settings.report_to:
         accelerator.init_trackers(output_dir.name, config={key: value for key, value in settings.to_dict().items()
                                                            if isinstance(value, (bool, int, float, str))})
@@ -294,7 +303,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
         if not stage_plan.on_features and stage_plan.index > 0:
             model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head
         trains_only(stage_plan)
-        train_stage(accelerator, stage, model, splits, plan.loop, run_state)
+        if stage_plan.on_features and plan.probe_solver == "lbfgs":
+            fit_head_stage(accelerator, stage, model, splits, run_state)
+        else:
+            train_stage(accelerator, stage, model, splits, plan.loop, run_state)
     history, best = run_state.history, run_state.best
 
     model.load_state_dict(best["state"])

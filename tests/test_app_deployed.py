@@ -11,11 +11,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 from PIL import Image
 from safetensors.torch import load_file, save_file
 

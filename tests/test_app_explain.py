@@ -3,7 +3,6 @@
 import pytest
 import timm
 import torch
-from PIL import Image
 
 from conftest import CLASS_NAMES, colour_images
 from test_app_ui import model_folder  # noqa: F401  (shared fixture: a tiny model trained by train.py)

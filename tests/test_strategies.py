@@ -2,7 +2,7 @@
 
 import pytest
 
-from tl_space.settings import CPU_DEFAULTS, GPU_DEFAULTS, TrainSettings, build_parser, parse_settings
+from tl_space.settings import CPU_DEFAULTS, GPU_DEFAULTS, build_parser, parse_settings
 from tl_space.strategies import HEAD_LR, NAMES, PROBE_STAGE, STRATEGIES, keeps_batchnorm_statistics, stages, strategy_named
 
 

@@ -17,6 +17,7 @@ from tl_space.folder.files import CHECKPOINT_DIR
 from tl_space.folder.read import load_model_folder
 from tl_space.study import run as study
 from tl_space.training import checkpoint
+from tl_space.settings import check_settings
 from tl_space.app.local_app import running_app
 from tl_space.app.ui import build_demo
 
@@ -162,3 +163,14 @@ def test_a_study_repo_from_the_hub_cache_serves_its_best_run(tiny_study, tmp_pat
     assert loaded.folder.is_relative_to(cache) and loaded.folder.as_posix().endswith(best_run)
     assert loaded.study_folder == loaded.folder.parent.parent and loaded.label_names == CLASS_NAMES
     assert loaded.metrics == json.loads((tiny_study / best_run / "metrics.json").read_text())
+
+
+def test_options_for_training_on_images_reach_only_the_strategies_that_train_on_images():
+    arguments = ["--mixup", "0.8", "--label-smoothing", "0.1", "--freeze-depthwise", "--ema-decay", "0.99"]
+    settings = study.parse_study_settings(arguments)
+    probe = study.run_settings(settings, study.PlannedRun("linear-probe", 5, 42))
+    assert (probe.mixup, probe.label_smoothing, probe.freeze_depthwise, probe.ema_decay) == (0.0, 0.0, False, 0.0)
+    check_settings(probe)  # a study with them still runs its probes
+    finetune = study.run_settings(settings, study.PlannedRun("lp-ft", 5, 42))
+    assert (finetune.mixup, finetune.label_smoothing, finetune.freeze_depthwise, finetune.ema_decay) == (
+        0.8, 0.1, True, 0.99)

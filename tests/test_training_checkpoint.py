@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL
 from test_training_run import ROOT, _train_cli, tiny_settings
 from tl_space import atomic
 from tl_space.folder.files import CHECKPOINT_DIR
@@ -24,8 +23,8 @@ from tl_space.training import run
 LP_FT = dict(strategy="lp-ft", probe_epochs=3, epochs=6, lr=3e-3)
 
 
-def _cli_args(dataset: Path, pretrained_file: Path, output_dir: Path) -> list[str]:
-    settings = tiny_settings(dataset, output_dir, pretrained_file, **LP_FT)
+def _cli_args(dataset: Path, pretrained_file: Path, output_dir: Path, **options) -> list[str]:
+    settings = tiny_settings(dataset, output_dir, pretrained_file, **(options or LP_FT))
     args = []
     for name, value in settings.to_dict().items():
         if value is not None and value is not False:
@@ -80,6 +79,25 @@ def test_killed_run_resumes_to_the_same_result_with_each_epoch_once(tiny_dataset
     assert not (output_dir / CHECKPOINT_DIR).exists()  # a finished run keeps no checkpoint
 
 
+def test_a_killed_run_with_every_regulariser_resumes_to_the_same_result(tiny_dataset, pretrained_file, tmp_path):
+    options = dict(strategy="finetune", epochs=4, lr=3e-3, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
+                   random_erasing=0.25, ema_decay=0.9)
+    reference_dir = tmp_path / "uninterrupted"
+    run(tiny_settings(tiny_dataset, reference_dir, pretrained_file, **options))
+    reference = json.loads((reference_dir / "metrics.json").read_text())
+    output_dir = tmp_path / "killed"
+    args = _cli_args(tiny_dataset, pretrained_file, output_dir, **options)
+    _kill_after_epoch(args, output_dir, epochs=2)
+    finished = _train_cli(*args, "--resume")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert len(metrics["history"]) == 4
+    for resumed, uninterrupted in zip(metrics["history"], reference["history"]):  # the same batches, mixes, average
+        assert resumed["val_loss"] == pytest.approx(uninterrupted["val_loss"], rel=1e-4, abs=1e-6)
+        assert resumed["train_loss"] == pytest.approx(uninterrupted["train_loss"], rel=1e-4, abs=1e-6)
+    assert metrics["test"]["confusion_matrix"] == reference["test"]["confusion_matrix"]
+
+
 def test_a_kill_between_the_model_folder_renames_resumes_from_the_last_epoch(tiny_dataset, pretrained_file, tmp_path,
                                                                             monkeypatch, capsys):
     output_dir = tmp_path / "run"
@@ -122,7 +140,7 @@ def test_resume_refuses_other_settings(tiny_dataset, pretrained_file, tmp_path, 
 
 def _stop_at_epoch(monkeypatch, epoch: int, steps_before: int = 0) -> None:
     """Make the loss NaN from the first step of `epoch` (+ steps_before): a diverging run."""
-    import tl_space.training.loop as training
+    import tl_space.training.regularisation as training  # where the training loss is taken
 
     real_cross_entropy = training.F.cross_entropy
     calls = {"steps": 0}

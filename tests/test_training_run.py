@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 from PIL import Image
 
 from conftest import CLASS_NAMES, TINY_MODEL
@@ -21,6 +22,7 @@ STRATEGIES = [name for name in NAMES if STRATEGY_TABLE[name].trains_at_all]  # t
 from tl_space.training.evaluation import classification_metrics
 from tl_space.folder.read import load_model_folder
 from tl_space.settings import TrainSettings
+from tl_space.errors import UserError
 from tl_space.training import run
 from tl_space.transforms import preprocessing_for, to_model_input
 
@@ -175,6 +177,11 @@ def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, 
         (["--dataset", str(tiny_dataset), *common, "--strategy", "linear-probe", "--lr", "0.5",
           "--output-dir", str(previous)], "lr: None -> 0.5"),
         (["--dataset", str(tiny_dataset), *common, "--train-fraction", "1.5"], "--train-fraction 1.5"),
+        (["--dataset", str(tiny_dataset), *common, "--strategy", "linear-probe", "--mixup", "0.8"],
+         "--mixup act on training with images; --strategy linear-probe trains only a head"),
+        (["--dataset", str(tiny_dataset), *common, "--label-smoothing", "1"], "--label-smoothing 1.0 must be in [0, 1)"),
+        (["--dataset", str(tiny_dataset), *common, "--strategy", "finetune", "--freeze-depthwise"],
+         "--freeze-depthwise: ResNet has no depthwise convolutions"),
     ]
     for args, expected in cases:
         result = _train_cli(*args, "--output-dir", str(tmp_path / "out")) if "--output-dir" not in args else _train_cli(*args)
@@ -361,3 +368,51 @@ def test_a_vision_transformer_trains_at_another_size_and_the_app_serves_it(tiny_
     image_path = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (220, 10, 10)).save(image_path)
     assert set(class_probabilities(loaded, open_image(image_path))) == set(CLASS_NAMES)
+
+
+def test_freeze_depthwise_keeps_the_pretrained_depthwise_weights_and_trains_the_rest(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    pretrained = timm.create_model("test_efficientnet")
+    weights = tmp_path / "test_efficientnet.safetensors"
+    save_file({name: value.contiguous() for name, value in pretrained.state_dict().items()}, str(weights))
+    output_dir = tmp_path / "frozen-depthwise"
+    run(tiny_settings(tiny_dataset, output_dir, weights, model="test_efficientnet", strategy="finetune",
+                      freeze_depthwise=True, lr=1e-2))
+    trained = load_file(str(output_dir / "model.safetensors"))
+    depthwise = {name + ".weight" for name, module in pretrained.named_modules()
+                 if isinstance(module, torch.nn.Conv2d) and module.groups == module.in_channels > 1}
+    assert depthwise
+    for name, value in pretrained.state_dict().items():
+        if name in depthwise:
+            torch.testing.assert_close(trained[name], value, rtol=0, atol=0)
+        elif name.endswith(".weight") and "conv" in name:
+            assert not torch.equal(trained[name], value), name
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    frozen = sum(pretrained.get_parameter(name).numel() for name in depthwise)
+    assert metrics["trainable_parameters"] == metrics["total_parameters"] - frozen
+
+
+def test_progressive_resizing_trains_small_images_first_and_validates_at_the_full_size(tiny_dataset, pretrained_file,
+                                                                                       tmp_path, monkeypatch):
+    from tl_space.training import batches
+    sizes, augmented = [], []  # (a training batch, its size) per model input made
+
+    real_crop = batches.random_crop_flip
+
+    def cropping(images, generator=None):
+        augmented.append(True)
+        return real_crop(images, generator)
+
+    def recording(images, preprocessing):
+        sizes.append((bool(augmented and augmented.pop()), preprocessing.image_size))
+        return to_model_input(images, preprocessing)
+    monkeypatch.setattr(batches, "random_crop_flip", cropping)
+    monkeypatch.setattr(batches, "to_model_input", recording)
+    run(tiny_settings(tiny_dataset, tmp_path / "progressive", pretrained_file, image_size=64, progressive_resize=32,
+                      epochs=4))
+    trained = [size for training, size in sizes if training]
+    assert len(trained) == 4 * 7  # 210 training images in batches of 32, 4 epochs
+    assert trained[0] == 32 and trained[-1] == 64 and sorted(trained) == trained and 48 in trained
+    assert {size for training, size in sizes if not training} == {64}  # the estimate, validation and test
+    with pytest.raises(UserError, match="--progressive-resize 64 must be smaller than the image size it grows to, 64"):
+        run(tiny_settings(tiny_dataset, tmp_path / "too-big", pretrained_file, image_size=64, progressive_resize=64))

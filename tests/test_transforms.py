@@ -2,7 +2,7 @@
 
 import torch
 
-from tl_space.transforms import Preprocessing, preprocessing_for, random_crop_flip, to_model_input
+from tl_space.transforms import Preprocessing, preprocessing_for, progressive_size, random_crop_flip, to_model_input
 
 
 def test_crop_flip_keeps_shape_dtype_and_moves_pixels():
@@ -79,3 +79,10 @@ def test_crop_and_flip_vary_per_image_and_per_call():
     rows = torch.arange(32, dtype=torch.uint8).mul(8).view(1, 1, 32, 1).expand(512, 3, 32, 32).contiguous()
     vertical = random_crop_flip(rows, torch.Generator().manual_seed(1))[:, 0, 0, 0].div(8, rounding_mode="floor")
     assert set(vertical.tolist()) == {0, 1, 2, 3, 4}  # vertical offsets vary too
+
+
+def test_progressive_size_grows_in_steps_to_the_end_size_by_three_quarters():
+    sizes = [progressive_size(64, 96, step / 100) for step in range(101)]
+    assert sizes[0] == 64 and sizes[74] < 96 and sizes[75:] == [96] * 26
+    assert sizes == sorted(sizes) and set(sizes) == {64, 80, 96}
+    assert progressive_size(96, 96, 0.0) == 96

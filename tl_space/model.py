@@ -181,6 +181,15 @@ def trainable_parameters(model: nn.Module, trains: str, unfreeze_stages: int = 1
     return parameters_after(model, stages[-unfreeze_stages - 1])
 
 
+def without_depthwise_weights(model: nn.Module, parameters: list[nn.Parameter]) -> list[nn.Parameter]:
+    """parameters less the weights of depthwise convolutions (one filter per channel); stops where a model has none."""
+    depthwise = {id(module.weight) for module in model.modules()
+                 if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels}
+    if not depthwise:
+        raise UserError(f"--freeze-depthwise: {type(model).__name__} has no depthwise convolutions; leave it out")
+    return [parameter for parameter in parameters if id(parameter) not in depthwise]
+
+
 def freeze_all_but(model: nn.Module, trainable: list[nn.Parameter]) -> int:
     """Set requires_grad on exactly the given parameters; returns how many values will train."""
     trainable_ids = {id(parameter) for parameter in trainable}

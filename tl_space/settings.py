@@ -32,6 +32,11 @@ CPU_DEFAULTS_REASON = ("the recipe with the best test accuracy within an hour on
                        "a GPU's defaults are a full fine-tune of resnet18.a1_in1k at 224 px for 5 epochs")
 
 
+# Options for the stages that train on images (all default off); a strategy that trains only a head takes none.
+IMAGE_TRAINING_OPTIONS = ("label_smoothing", "mixup", "cutmix", "random_erasing", "ema_decay", "freeze_depthwise",
+                          "progressive_resize")
+
+
 def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
     """The Hub id of a dataset: --dataset-id, else --dataset itself when it is no local folder, else the id of the
     Hub cache folder it lies in (.../datasets--OWNER--NAME/snapshots/...); None for any other local folder."""
@@ -120,6 +125,22 @@ class TrainSettings:
                                + ", ".join(f"{s.lr} for {s.name}" for s in strategies.STRATEGIES.values())
                                + f" ({strategies.HEAD_LR} for lp-ft's probe stage)")
     weight_decay: float = option(0.05, "AdamW weight decay")
+    label_smoothing: float = option(0.0, "training on images: the share of each target spread over all classes "
+                                         "(0.1 is common); 0: off")
+    mixup: float = option(0.0, "training on images: mixup's alpha, mixing each batch with its reverse by a factor "
+                               "drawn from Beta(alpha, alpha) (timm's Mixup; 0.8 in timm's recipes); 0: off")
+    cutmix: float = option(0.0, "training on images: CutMix's alpha, pasting a rectangle of the reversed batch (with "
+                                "--mixup, either one per batch at equal odds; 1.0 in timm's recipes); 0: off")
+    random_erasing: float = option(0.0, "training on images: the probability that an image gets a rectangle of "
+                                        "random noise (timm's RandomErasing; 0.25 in timm's recipes); 0: off")
+    ema_decay: float = option(0.0, "training on images: validate, keep and write an exponential moving average of "
+                                   "the weights with this decay per step (timm's ModelEmaV3, warmed up), e.g. 0.999; "
+                                   "0: the weights themselves")
+    progressive_resize: int | None = option(None, "training on images: start at this image size and grow it to "
+                                                  "--image-size by three quarters of each stage, in steps of 16 px "
+                                                  "(early steps cost less), e.g. 64 with --image-size 96; if unset, off")
+    freeze_depthwise: bool = option(False, "training on images: the depthwise convolutions' weights stay as "
+                                           "pretrained (their weight gradient is a slow kernel on CPUs)")
     image_size: int | None = option(None, "side of the square input the model sees; if unset, the machine's "
                                           "default with its default model, else the model's pretrained size")
     max_train_minutes: float | None = option(None, "time budget: stop training after this many minutes (validation "
@@ -240,7 +261,8 @@ def check_settings(settings: TrainSettings) -> None:
     if settings.compile not in COMPILE_CHOICES:
         raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
-                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes", "patience", "threads")
+                "max_train_samples", "max_eval_samples", "lr", "max_train_minutes", "patience", "threads",
+                "progressive_resize")
     for name in positive:
         value = getattr(settings, name)
         if value is not None and value <= 0:
@@ -253,5 +275,16 @@ def check_settings(settings: TrainSettings) -> None:
         raise UserError("--train-fraction and --shots-per-class both pick a few-shot subset; give one of them")
     if settings.dataset_id is not None and (settings.dataset_id.count("/") != 1 or not all(settings.dataset_id.split("/"))):
         raise UserError(f"--dataset-id {settings.dataset_id!r} is not a Hub dataset id; give OWNER/NAME, e.g. uoft-cs/cifar10")
+    for name, value, interval, example in (("label_smoothing", settings.label_smoothing, "[0, 1)", 0.1),
+                                            ("ema_decay", settings.ema_decay, "[0, 1)", 0.999),
+                                            ("random_erasing", settings.random_erasing, "[0, 1]", 0.25)):
+        if not 0 <= value <= 1 or (value == 1 and interval.endswith(")")):
+            raise UserError(f"--{name.replace('_', '-')} {value} must be in {interval}, e.g. {example} (0: off)")
+    if settings.mixup < 0 or settings.cutmix < 0:
+        raise UserError("--mixup and --cutmix are Beta distributions' alpha and must not be negative (0: off)")
+    used = [f"--{name.replace('_', '-')}" for name in IMAGE_TRAINING_OPTIONS if getattr(settings, name)]
+    if chosen.image_stage is None and used:
+        raise UserError(f"{', '.join(used)} act on training with images; --strategy {settings.strategy} trains only a "
+                        "head on cached features: use lp-ft, finetune, partial or scratch")
     if settings.max_misclassified < 0 or settings.weight_decay < 0 or settings.min_epoch_images < 0:
         raise UserError("--max-misclassified, --weight-decay and --min-epoch-images must not be negative")

@@ -68,3 +68,12 @@ def to_model_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
     std = torch.tensor(preprocessing.std, device=pixels.device).view(1, -1, 1, 1)
     # channels_last suits convolutions on CPU (oneDNN) and tensor cores alike; other layouts just convert it.
     return ((pixels - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def progressive_size(start: int, end: int, progress: float, multiple: int = 16) -> int:
+    """Progressive resizing: the training size at this fraction of a stage, growing linearly from start to end in
+    steps of `multiple` px (few distinct shapes, each compiled once by oneDNN), end from the last quarter on."""
+    if progress >= 0.75 or start >= end:
+        return end
+    size = start + (end - start) * progress / 0.75
+    return min(end, max(start, int(size // multiple * multiple)))

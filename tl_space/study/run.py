@@ -24,8 +24,8 @@ from tl_space import hub
 from tl_space import data as data_module
 from tl_space.errors import UserError, exit_code
 from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, RUNS_DIR, differing_settings
-from tl_space.settings import (TrainSettings, add_arguments, check_settings, describe_defaults, option,
-                              with_machine_defaults)
+from tl_space.settings import (IMAGE_TRAINING_OPTIONS, SETTING_DEFAULTS, TrainSettings, add_arguments, check_settings,
+                              describe_defaults, option, with_machine_defaults)
 from tl_space.strategies import NAMES, STRATEGIES
 from tl_space.study.report import write_study_files
 from tl_space.training import checkpoint
@@ -158,6 +158,8 @@ def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:
     run_dir = Path(study.output_dir) / planned.name
     strategy = STRATEGIES[planned.strategy]
     own = {} if strategy.probe_first else {"head_init": "zero"}  # --head-init class-means: for the probes only
+    if strategy.image_stage is None:  # regularisation of training on images: for the strategies that do
+        own.update({name: SETTING_DEFAULTS[name] for name in IMAGE_TRAINING_OPTIONS})
     if not strategy.pretrained:  # scratch: a network and size of its own, as in the classic baselines
         if study.scratch_model and study.scratch_model.lower() != "none":
             own.update(model=study.scratch_model, pretrained_file=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -12,8 +13,9 @@ from tqdm.auto import tqdm
 
 from tl_space.transforms import Preprocessing, random_crop_flip, to_model_input
 
-# Maps a batch of split indices to what the trained module takes (augmented images, or cached features).
-InputsFn = Callable[[torch.Tensor, bool], torch.Tensor]
+# Maps a batch of split indices, whether it trains and an image size (None: the model's) to what the trained
+# module takes: augmented images, or cached features (which have no size).
+InputsFn = Callable[..., torch.Tensor]
 # Pooled features are short rows: a linear head evaluates them in large batches at no cost in cache misses.
 FEATURE_BATCH_SIZE = 1024
 
@@ -31,12 +33,12 @@ def index_loader(count: int, batch_size: int, shuffle: bool, seed: int, min_samp
 
 
 def image_inputs(images: torch.Tensor, preprocessing: Preprocessing, generator: torch.Generator | None) -> InputsFn:
-    """Indices -> model input, augmented (crop + flip) when training."""
-    def inputs(indices: torch.Tensor, training: bool) -> torch.Tensor:
+    """Indices -> model input, augmented (crop + flip) when training, at size (default: preprocessing's)."""
+    def inputs(indices: torch.Tensor, training: bool, size: int | None = None) -> torch.Tensor:
         batch = images[indices.to(images.device)]
         if training:
             batch = random_crop_flip(batch, generator)
-        return to_model_input(batch, preprocessing)
+        return to_model_input(batch, preprocessing if size is None else replace(preprocessing, image_size=size))
     return inputs
 
 
@@ -59,4 +61,4 @@ def predict(accelerator: Accelerator, module: nn.Module, inputs: InputsFn, count
 
 
 def feature_inputs(split_features: torch.Tensor) -> InputsFn:
-    return lambda indices, training: split_features[indices.to(split_features.device)]
+    return lambda indices, training, size=None: split_features[indices.to(split_features.device)]

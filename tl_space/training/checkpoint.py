@@ -14,6 +14,7 @@ from tl_space import atomic
 
 PROGRESS_FILE = "progress.json"  # written last: a folder without it is not a checkpoint
 BEST_FILE = "best_model.safetensors"
+EMA_FILE = "ema_model.safetensors"  # the weight average of a stage trained with --ema-decay
 
 
 def _augmentation_file(process_index: int) -> str:
@@ -35,9 +36,11 @@ def read_progress(directory: Path) -> dict | None:
 
 
 def save_checkpoint(accelerator: Accelerator, directory: Path, progress: dict, best_state: dict[str, torch.Tensor],
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator) -> None:
-    """Save the prepared model, optimizer and RNG (accelerate), the scheduler, augmentation RNG, best model and
-    progress into a fresh folder, then swap it for the previous checkpoint: a kill at any point leaves one whole."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+                    ema_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Save the prepared model, optimizer and RNG (accelerate), the scheduler, augmentation RNG, best model, weight
+    average and progress into a fresh folder, then swap it for the previous checkpoint: a kill at any point leaves
+    one whole."""
     partial = directory.with_name(directory.name + ".partial")
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
@@ -48,6 +51,8 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, progress: dict, b
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_file({name: tensor.contiguous() for name, tensor in best_state.items()}, str(partial / BEST_FILE))
+        if ema_state is not None:
+            save_file({name: tensor.contiguous() for name, tensor in ema_state.items()}, str(partial / EMA_FILE))
         (partial / PROGRESS_FILE).write_text(json.dumps({**progress, "scheduler": scheduler.state_dict()}, indent=2))
         atomic.replace_folder(partial, directory, previous=directory.with_name(directory.name + ".old"))
     accelerator.wait_for_everyone()
@@ -69,6 +74,12 @@ def restore_checkpoint(accelerator: Accelerator, directory: Path, scheduler: tor
 
 def best_model_state(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(find_checkpoint(directory) / BEST_FILE))
+
+
+def ema_model_state(directory: Path) -> dict[str, torch.Tensor] | None:
+    """The weight average the last checkpoint saved; None when its stage kept none."""
+    path = find_checkpoint(directory) / EMA_FILE
+    return load_file(str(path)) if path.is_file() else None
 
 
 def discard_checkpoint(directory: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast
 from torch import nn
@@ -22,6 +21,8 @@ from tl_space.errors import UserError
 from tl_space.training import checkpoint
 from tl_space.training.batches import InputsFn, index_loader, predict
 from tl_space.training.evaluation import classification_metrics
+from tl_space.training.regularisation import BatchRegulariser, Regularisation, weight_average
+from tl_space.transforms import progressive_size
 
 WARMUP_FRACTION = 0.05
 # --probe-solver lbfgs: the L2 strengths tried, strongest first (each fit starts from the previous one's head), and
@@ -57,6 +58,9 @@ class Stage:
     epochs: int
     lr: float
     eval_batch_size: int
+    regularisation: Regularisation = Regularisation()  # of a stage on images; a head on features takes none
+    start_size: int | None = None  # progressive resizing: the training images' size at the start; None: off
+    image_size: int | None = None  # the size the stage's images end at (and are validated at)
 
 
 @dataclass
@@ -125,11 +129,19 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     # Counted in optimizer steps of the sharded loader and stepped by us, not by accelerate's per-process
     # scheduler wrapper: N processes then follow the same schedule as one process with N times the batch.
     budget = TimeBudget(None)
-    scheduler = cosine_with_warmup(optimizer, stage.epochs * len(loader), lambda: budget.fraction)
+    total_steps = stage.epochs * len(loader)
+    scheduler = cosine_with_warmup(optimizer, total_steps, lambda: budget.fraction)
+    regulariser = BatchRegulariser(stage.regularisation, len(splits.class_names), accelerator.device)
+    # The average is what is validated, kept as the best model and written: the weights only feed it.
+    ema = weight_average(accelerator.unwrap_model(module), stage.regularisation.ema_decay)
+    evaluated = accelerator.unwrap_model(module) if ema is None else ema.module
     done = 0
     if run_state.resume_stage == stage.index:
         checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator, stage.lr)
         done = run_state.resume_epochs_done
+        saved_average = checkpoint.ema_model_state(run_state.checkpoint_dir) if ema is not None else None
+        if saved_average is not None:
+            ema.module.load_state_dict(saved_average)
     history, best = run_state.history, run_state.best
     train_labels = splits.train.labels.to(accelerator.device)
     first_epoch = len(history) - done + 1
@@ -154,9 +166,12 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         for step, indices in enumerate(progress, start=1):
             indices = indices.to(accelerator.device)
             labels = train_labels[indices]
+            size = None if stage.start_size is None else progressive_size(
+                stage.start_size, stage.image_size, max(scheduler.last_epoch / total_steps, budget.fraction))
+            inputs, targets = regulariser(stage.train_inputs(indices, True, size), labels)
             with accelerator.autocast():
-                logits = module(stage.train_inputs(indices, True))
-                loss = F.cross_entropy(logits.float(), labels)
+                logits = module(inputs)
+                loss = regulariser.loss(logits.float(), targets)
             if not torch.isfinite(loss):  # before the step: the weights and the last checkpoint stay good
                 kept = (f"the last good checkpoint (epoch {len(history)}) is kept in {run_state.checkpoint_dir}"
                         if history else "no epoch finished, so there is no checkpoint")
@@ -168,6 +183,8 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(module), step=scheduler.last_epoch)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -176,8 +193,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                 break
         totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
         train_seconds = time.perf_counter() - started
-        val_logits = predict(accelerator, accelerator.unwrap_model(module), stage.val_inputs, len(splits.val),
-                             stage.eval_batch_size)
+        val_logits = predict(accelerator, evaluated, stage.val_inputs, len(splits.val), stage.eval_batch_size)
         val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
         entry = {
             "epoch": epoch, "stage": stage.name,
@@ -194,12 +210,12 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                        f"acc {entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
         if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
             best.update(accuracy=entry["val_accuracy"], epoch=epoch,
-                        state=model_module.state_copy(model))
+                        state=model_module.state_copy(model if ema is None else ema.module))
         progress_record = {"settings": settings.published_settings, "stage": stage.name, "stage_index": stage.index,
                            "stage_epochs_done": epoch - first_epoch + 1, "history": history,
                            "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}
         checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress_record, best["state"], scheduler,
-                                   run_state.generator)
+                                   run_state.generator, None if ema is None else model_module.state_copy(ema.module))
         budget.spent_before += entry["seconds"]
         budget.epoch_started = time.perf_counter()
         budget.update(accelerator)

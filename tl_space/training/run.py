@@ -35,6 +35,7 @@ from tl_space.training.evaluation import (classification_metrics, final_logits, 
 from tl_space.training.features import FrozenFeatures
 from tl_space.training.loop import (L2_GRID, LoopSettings, RunState, Stage, estimate_stage_seconds, fit_head_stage,
                                    train_stage)
+from tl_space.training.regularisation import Regularisation
 from tl_space.transforms import Preprocessing, preprocessing_for
 
 
@@ -49,6 +50,8 @@ class RunPlan:
     compile_min_images: int | None  # compile the frozen backbone for splits this large; None: never
     head_init: str  # "zero" or "class-means"
     probe_solver: str  # how heads learn on cached features: "adamw" (the stage's epochs) or "lbfgs"
+    regularisation: Regularisation  # of the stages on images
+    start_size: int | None  # progressive resizing: the stages on images start at this size; None: off
     threads: int | None  # torch's CPU threads per process; None on a GPU: left as they are
     images_cache: Path | None
     features_cache: Path | None
@@ -82,6 +85,10 @@ def resolve(settings: TrainSettings, device: torch.device, local_processes: int 
         compile_min_images=compile_min_images,
         head_init="class-means" if not strategy.trains_at_all else settings.head_init,
         probe_solver=settings.probe_solver,
+        regularisation=Regularisation(label_smoothing=settings.label_smoothing, mixup_alpha=settings.mixup,
+                                      cutmix_alpha=settings.cutmix, random_erasing=settings.random_erasing,
+                                      ema_decay=settings.ema_decay),
+        start_size=settings.progressive_resize,
         # `accelerate launch` without a config sets OMP_NUM_THREADS=1 for CPU runs: torch would use one core.
         threads=(settings.threads or cpu_threads(local_processes)) if on_cpu else None,
         images_cache=caches.cache_folder(settings.cache_dir, "images"),
@@ -194,7 +201,7 @@ def make_stage(stage_plan: StagePlan, model: nn.Module, splits: data_module.Data
     inputs = {name: image_inputs(getattr(splits, name).images.to(device), preprocessing, generator)
               for name in ("train", "val")}
     return Stage(stage_plan.index, stage_plan.name, model, inputs["train"], inputs["val"], stage_plan.epochs,
-                 stage_plan.lr, plan.eval_batch_size)
+                 stage_plan.lr, plan.eval_batch_size, plan.regularisation, plan.start_size, preprocessing.image_size)
 
 
 def say_estimate(accelerator: Accelerator, stages: list[Stage], seconds: list[float], settings: LoopSettings) -> None:
@@ -247,7 +254,12 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
         model = model_module.create_model(settings.model, len(class_names), pretrained=plan.strategy.pretrained,
                                           pretrained_file=settings.pretrained_file, image_size=settings.image_size)
     trainable = model_module.trainable_parameters(model, plan.strategy.trains, settings.unfreeze_stages)
+    if settings.freeze_depthwise:
+        trainable = model_module.without_depthwise_weights(model, trainable)
     preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model), settings.image_size)
+    if plan.start_size is not None and plan.start_size >= preprocessing.image_size:
+        raise UserError(f"--progressive-resize {plan.start_size} must be smaller than the image size it grows to, "
+                        f"{preprocessing.image_size} px")
     model = model.to(accelerator.device, memory_format=torch.channels_last)
 
     key = data_module.DecodedKey(settings.dataset, settings.train_split, settings.test_split, image_column,

@@ -3,7 +3,7 @@
     python bench/bench_regularisation.py [--train-images 5000] [--epochs 8] [--workdir /tmp/bench-regularisation]
     python bench/bench_regularisation.py --minutes 4 --variants baseline,"frozen depthwise","progressive resizing"
 
-Every variant is the CPU default recipe (lite0 lp-ft at 96 px, batch 32, lite0 ImageNet weights from ../shared)
+Every variant is lite0 lp-ft at 96 px, batch 32, from the lite0 ImageNet weights in ../shared,
 on the same stratified subset of CIFAR-10's training images, with the head first fitted by L-BFGS (seconds, the
 same for every variant) and then every layer fine-tuned for --epochs epochs; only the one option in the
 "options" column differs from the baseline row. Test accuracy is on all 10,000 test images. A subset and a fixed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,10 +273,14 @@ def fit_head_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, spl
                         state=model_module.state_copy(model))
 
 
+# One step on a shared CPU can take twice the typical time; the median of three is cheap (a second on a CPU).
+ESTIMATE_STEPS = 3
+
+
 def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings) -> float:
-    """Seconds the stage's epochs would take here (before any time budget), from one timed training step (after a
-    warm-up step) and one timed validation batch on a copy of its module, at the run's batch sizes; the random number
-    generators are left as they were."""
+    """Seconds the stage's epochs would take here (before any time budget), from the median of ESTIMATE_STEPS timed
+    training steps (after a warm-up step) and one timed validation batch on a copy of its module, at the run's batch
+    sizes; the random number generators are left as they were."""
     count = min(settings.batch_size, len(splits.train))  # the real batch: smaller ones run faster per image
     eval_count = min(stage.eval_batch_size, len(splits.val))
     indices, eval_indices = (torch.arange(number, device=accelerator.device) for number in (count, eval_count))
@@ -285,7 +290,7 @@ def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataS
     with torch.random.fork_rng(devices=devices):
         model_module.train_mode(probe, settings.keep_batchnorm_statistics)
         timings = []
-        for _ in range(2):  # the first step warms up kernels and allocations
+        for _ in range(1 + ESTIMATE_STEPS):  # the first step warms up kernels and allocations
             started = time.perf_counter()
             with accelerator.autocast():
                 loss = probe(stage.train_inputs(indices, False)).float().logsumexp(dim=1).mean()
@@ -299,7 +304,7 @@ def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataS
         with torch.inference_mode(), accelerator.autocast():
             probe(stage.val_inputs(eval_indices, False))
         eval_per_image = (time.perf_counter() - started) / eval_count
-    step = timings[-1]
+    step = statistics.median(timings[1:])
     images = max(len(splits.train), settings.min_epoch_images)
     steps = math.ceil(images / (settings.batch_size * accelerator.num_processes))
     return stage.epochs * (steps * step + len(splits.val) / accelerator.num_processes * eval_per_image)

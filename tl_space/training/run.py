@@ -214,7 +214,7 @@ def say_estimate(accelerator: Accelerator, stages: list[Stage], seconds: list[fl
     budget = settings.max_train_minutes
     limit = f"; the {budget:g}-minute budget ends it sooner" if budget and budget * 60 < total else ""
     tqdm.write(f"estimated training time on this {accelerator.device.type}: about {total / 60:.1f} min ({parts}; "
-               f"timed on one batch before training{limit})")
+               f"timed on a few batches before training{limit})")
 
 
 def run(settings: TrainSettings, accelerator: Accelerator | None = None,

@@ -28,9 +28,13 @@ def teach_screenshot(page) -> None:
     for row, name in enumerate(("cat", "dog", "ship")):
         panel.get_by_label(f"Class {row + 1}", exact=True).fill(name)
         choice = panel.get_by_label("or CIFAR-10 test images of class").nth(row)
-        choice.fill(name)
-        choice.press("Enter")
-        panel.get_by_label("how many").nth(row).fill("20")
+        for _ in range(3):  # a dropdown's choice can be lost while the page still updates the row before it
+            choice.fill(name)
+            choice.press("Enter")
+            panel.get_by_label("how many").nth(row).fill("20")
+            time.sleep(0.5)
+            if choice.input_value() == name:
+                break
     page.get_by_role("button", name="Teach", exact=True).click()
     page.get_by_text("Taught 3 classes").wait_for(timeout=120_000)
     time.sleep(1)

@@ -25,7 +25,7 @@ def test_the_schedule_follows_steps_or_time_whichever_is_further():
 
 
 class OneSlowStep(nn.Module):
-    """A linear layer whose second call (the first timed training step) stalls, as one step on a shared CPU can."""
+    """A linear layer whose first timed training step stalls, as one step on a shared CPU can."""
 
     def __init__(self):
         super().__init__()
@@ -33,7 +33,7 @@ class OneSlowStep(nn.Module):
 
     def forward(self, inputs):
         self.calls += 1
-        if self.calls == 2:
+        if self.calls == loop.ESTIMATE_WARMUP_STEPS + 1:
             time.sleep(0.5)
         return self.linear(inputs)
 

@@ -273,14 +273,17 @@ def fit_head_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, spl
                         state=model_module.state_copy(model))
 
 
-# One step on a shared CPU can take twice the typical time; the median of three is cheap (a second on a CPU).
+# The estimate's training steps. In a CPU run the first steps take twice as long as the rest of training (lite0 at
+# 112 px: five at 0.7 s, then 0.37 s, as the run's epochs go), so six steps warm up; then the median of three, as
+# one step on a shared CPU can stall.
+ESTIMATE_WARMUP_STEPS = 6
 ESTIMATE_STEPS = 3
 
 
 def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings) -> float:
     """Seconds the stage's epochs would take here (before any time budget), from the median of ESTIMATE_STEPS timed
-    training steps (after a warm-up step) and one timed validation batch on a copy of its module, at the run's batch
-    sizes; the random number generators are left as they were."""
+    training steps (after ESTIMATE_WARMUP_STEPS) and one timed validation batch on a copy of its module, at the run's
+    batch sizes; the random number generators are left as they were."""
     count = min(settings.batch_size, len(splits.train))  # the real batch: smaller ones run faster per image
     eval_count = min(stage.eval_batch_size, len(splits.val))
     indices, eval_indices = (torch.arange(number, device=accelerator.device) for number in (count, eval_count))
@@ -290,7 +293,7 @@ def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataS
     with torch.random.fork_rng(devices=devices):
         model_module.train_mode(probe, settings.keep_batchnorm_statistics)
         timings = []
-        for _ in range(1 + ESTIMATE_STEPS):  # the first step warms up kernels and allocations
+        for _ in range(ESTIMATE_WARMUP_STEPS + ESTIMATE_STEPS):
             started = time.perf_counter()
             with accelerator.autocast():
                 loss = probe(stage.train_inputs(indices, False)).float().logsumexp(dim=1).mean()
@@ -304,7 +307,7 @@ def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataS
         with torch.inference_mode(), accelerator.autocast():
             probe(stage.val_inputs(eval_indices, False))
         eval_per_image = (time.perf_counter() - started) / eval_count
-    step = statistics.median(timings[1:])
+    step = statistics.median(timings[ESTIMATE_WARMUP_STEPS:])
     images = max(len(splits.train), settings.min_epoch_images)
     steps = math.ceil(images / (settings.batch_size * accelerator.num_processes))
     return stage.epochs * (steps * step + len(splits.val) / accelerator.num_processes * eval_per_image)

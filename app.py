@@ -12,7 +12,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from tl_space.app import markdown
+from tl_space import markdown
 from tl_space.app.compare import SAMPLE_FILE, Comparison, TestSample, load_comparison, read_sample
 from tl_space.app.memory import bound_native_memory
 from tl_space.app.ui import QUEUE_MAX_SIZE, build_demo, build_error_page

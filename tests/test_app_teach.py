@@ -1,6 +1,7 @@
 """The Teach tab through gradio_client: a visitor's own classes on the served backbone, their model folder, theirs alone."""
 
 import zipfile
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -32,7 +33,7 @@ def test_teaching_three_classes_gives_a_model_folder_that_timm_loads(app_url, tm
     summary, archive, *_ = Client(app_url, verbose=False).predict(
         [handle_file(str(path)) for path in [*files, tmp_path / "red_broken.png"]], api_name="/teach")
     assert summary["classes"] == ["red", "green", "blue"] and summary["images_per_class"] == {"red": 10, "green": 10, "blue": 10}
-    assert summary["loo_accuracy"] > 0.6 > 1 / 3 and summary["chance"] == pytest.approx(1 / 3)
+    assert summary["cross_validated_accuracy"] > 0.6 > 1 / 3 and summary["chance"] == pytest.approx(1 / 3)
     assert 0 <= summary["class_mean_accuracy"] <= 1 and summary["seconds"] < 60
     assert [line.split(":")[0] for line in summary["skipped"]] == ["red_broken.png"]
     model = _unzipped_model(archive, tmp_path / "unzipped")
@@ -75,7 +76,7 @@ def test_teaching_cifar10_classes_on_the_bundled_model_learns_them(tmp_path):
         summary, archive, *_ = Client(url, verbose=False).predict([handle_file(str(path)) for path in taught],
                                                                   api_name="/teach")
     assert summary["classes"] == classes and summary["images_per_class"] == {name: 10 for name in classes}
-    assert summary["loo_accuracy"] > 0.6 > 1 / 3
+    assert summary["cross_validated_accuracy"] > 0.6 > 1 / 3
     model = _unzipped_model(archive, tmp_path / "unzipped")
     preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
     inputs = to_model_input(torch.cat([image_tensor(sample.image(index), preprocessing.image_size)
@@ -120,7 +121,9 @@ def test_two_visitors_teaching_at_once_each_get_their_own_classes(app_url, tmp_p
     assert answers["first"][1].isdisjoint(answers["second"][1])
 
 
-def test_a_push_goes_to_the_visitors_own_account_never_with_the_spaces_token(tmp_path, monkeypatch):
+def test_a_push_goes_to_the_visitors_own_account_never_with_the_servers_token(tmp_path, monkeypatch):
+    import shutil
+
     from huggingface_hub import HfApi
 
     from test_hub import FakeHub
@@ -131,22 +134,28 @@ def test_a_push_goes_to_the_visitors_own_account_never_with_the_spaces_token(tmp
     folder.mkdir()
     for name in ("config.json", "model.safetensors", "metrics.json"):
         (folder / name).write_text("{}")
+    archive = Path(shutil.make_archive(str(folder), "zip", tmp_path, folder.name))
+    shutil.rmtree(folder)
     fake = FakeHub().install(monkeypatch)
-    tokens = []
+    tokens, uploaded = [], []
     real_whoami = HfApi.whoami
     monkeypatch.setattr(HfApi, "whoami", lambda api, *args, **kwargs: tokens.append(api.token) or real_whoami(api))
-    monkeypatch.setenv("HF_TOKEN", "hf_TheSpacesOwnToken")
-    with pytest.raises(UserError, match="Sign in with Hugging Face"):
-        push_taught(folder, "my-classes", None, on_space=True)
-    assert push_taught(folder, "my-classes", "hf_TheVisitorsToken", on_space=True) == "me/my-classes"
+    real_upload = HfApi.upload_folder
+    monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kwargs: uploaded.append(
+        sorted(path.name for path in Path(kwargs["folder_path"]).iterdir())) or real_upload(api, **kwargs))
+    monkeypatch.setenv("HF_TOKEN", "hf_TheServersOwnToken")
+    with pytest.raises(UserError, match="Sign in with Hugging Face"):  # anonymous, the operator not opted in
+        push_taught(archive, "my-classes", None, operator_token_allowed=False)
+    assert not tokens
+    assert push_taught(archive, "my-classes", "hf_TheVisitorsToken", operator_token_allowed=False) == "me/my-classes"
     assert tokens == ["hf_TheVisitorsToken"] * len(tokens) and tokens
     assert fake.named("create_repo")[0]["repo_id"] == "me/my-classes"
-    assert fake.named("upload_folder")[0]["folder_path"] == str(folder)
+    assert uploaded == [["config.json", "metrics.json", "model.safetensors"]]  # the zip's folder, unpacked
     tokens.clear()
-    assert push_taught(folder, "local-run", None, on_space=False) == "me/local-run"  # run locally: the user's token
-    assert tokens and tokens[0] in (None, "hf_TheSpacesOwnToken")
+    assert push_taught(archive, "local-run", None, operator_token_allowed=True) == "me/local-run"  # opted in
+    assert tokens and tokens[0] in (None, "hf_TheServersOwnToken")
     with pytest.raises(UserError, match="Name the repo"):
-        push_taught(folder, "../escape", "hf_TheVisitorsToken", on_space=True)
+        push_taught(archive, "../escape", "hf_TheVisitorsToken", operator_token_allowed=False)
 
 
 def test_the_bundled_sample_offers_cifar10_test_images_only_to_a_cifar10_model():

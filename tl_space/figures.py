@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -12,6 +13,9 @@ from PIL import Image
 from tl_space import atomic
 
 DPI = 100
+# Class names and settings come from visitors and folders: "$x$" is text, never mathtext to parse (a name such as
+# "$\\foo$" would raise). Every Text is created by this project's figures, none of which uses mathtext.
+matplotlib.rcParams["text.parse_math"] = False
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -7,13 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from tl_space.errors import UserError
 
 # Bounds chosen on purpose: a 50-megapixel phone photo passes, a decompression bomb does not.
 MAX_IMAGE_PIXELS = 50_000_000
 MIN_IMAGE_SIDE = 8
+# Modes Image.reduce takes; others (palette, 1-bit, 16-bit) are converted to RGB at full size first.
+REDUCIBLE_MODES = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr", "PA"}
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose does).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 
 
 class ImageError(UserError):
@@ -44,8 +50,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode an uploaded file into an upright RGB image, or raise ImageError saying what is wrong with it."""
+def centre_square(image: Image.Image, side: int) -> Image.Image:
+    """The centre square of a loaded image (all the model and the heatmaps ever look at), shrunk by an integer factor
+    to between side and 2 * side pixels wide when larger: Image.reduce reads only that box into a small new image."""
+    width, height = image.size
+    square = min(width, height)
+    left, top = (width - square) // 2, (height - square) // 2
+    if image.mode not in REDUCIBLE_MODES:
+        image = _to_rgb(image)
+    return image.reduce(max(1, square // side), (left, top, left + square, top + square))
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, side: int | None = None) -> Image.Image:
+    """Decode a file into an upright RGB image, or raise ImageError saying what is wrong with it.
+
+    With side (every upload): only the centre square is kept, reduced while it is decoded to at most 2 * side pixels
+    wide (JPEG by draft, at 1/2 to 1/8 scale; other formats by Image.reduce right after decoding), so that what a
+    request holds per image is a few hundred KB whatever its pixel count. image.info["source_size"] is the upright
+    image's width and height as the file holds it.
+    """
     path = Path(path)
     try:
         empty = path.stat().st_size == 0
@@ -63,9 +86,16 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
                 raise ImageError(f"The image is only {width}x{height} pixels; it needs at least "
                                  f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} to be classified.")
             image.seek(0)  # animated images: the first frame
-            image.draft("RGB", (1024, 1024))  # JPEG: decode big photos at a reduced scale, much faster
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            wanted = side or 1024
+            image.draft("RGB", (wanted, wanted))  # JPEG: decoded at a reduced scale, still at least wanted px
             image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+            decoded = centre_square(image, side) if side else image
+            upright = decoded.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else decoded
+            result = _to_rgb(upright)
+            turned = orientation in (5, 6, 7, 8)  # these orientations swap width and height
+            result.info["source_size"] = (height, width) if turned else (width, height)
+            return result
     except UnidentifiedImageError as error:
         raise ImageError("This file is not an image that can be read (JPEG, PNG, WebP, GIF, BMP or TIFF).") from error
     except Image.DecompressionBombError as error:

@@ -12,7 +12,7 @@ from PIL import Image
 from torchcam.methods import GradCAM
 from torchcam.utils import overlay_mask
 
-from tl_space.app.markdown import code
+from tl_space.markdown import code
 from tl_space.errors import UserError
 from tl_space.figures import new_figure, to_image
 from tl_space.folder import metrics as metrics_schema

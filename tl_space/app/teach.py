@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from tl_space import hub
+from tl_space.app import storage as storage_module
 from tl_space import model as model_module
 from tl_space.errors import UserError
 from tl_space.folder import metrics as metrics_schema
@@ -35,6 +36,7 @@ from tl_space.transforms import to_model_input
 
 MIN_CLASSES, MAX_CLASSES = 2, 10
 MAX_PER_CLASS = 50
+MAX_NAME_LENGTH = 50
 MAX_TEACH_IMAGES = 500
 MAX_FOLDS = 10
 FEATURE_BATCH = 32
@@ -51,14 +53,18 @@ class TaughtModel:
     bias: torch.Tensor
     temperature: float
     summary: dict
-    folder: Path  # the complete model folder, written once
-    archive: Path  # the folder as a zip
+    archive: Path  # the complete model folder as a zip, the one copy kept (Gradio serves it from where it lies)
+
+    @property
+    def entry(self) -> Path:
+        """The storage entry holding the zip: removed when the visitor re-teaches, leaves, or storage is full."""
+        return self.archive.parent
 
 
 def class_of(file_name: str) -> str:
     """The class a /teach file names: its name up to the first underscore (cat_01.png: cat)."""
     stem = Path(file_name).name.split("_", 1)[0].split(".", 1)[0].strip()
-    if not stem or len(stem) > 50:
+    if not stem or len(stem) > MAX_NAME_LENGTH:
         raise ValueError("its name does not start with a class name and an underscore, e.g. cat_01.png")
     return stem
 
@@ -91,9 +97,10 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int,
 
 def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes: int
                            ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Each image's logits from a head fitted without it: MAX_FOLDS folds dealt round-robin within each class, or
-    leave-one-out with fewer images. Returns the logistic-regression logits, the class-mean logits, and the folds."""
-    folds = min(MAX_FOLDS, len(labels))
+    """Each image's logits from a head fitted without it: up to MAX_FOLDS folds dealt round-robin within each class
+    (every class needs 2 images, so that each fold leaves one of it to fit on). Returns the logistic-regression
+    logits, the class-mean logits, and the number of folds that held images out."""
+    folds = min(MAX_FOLDS, int(torch.bincount(labels).max()))
     fold_of = torch.empty_like(labels)
     for class_index in range(classes):
         members = torch.nonzero(labels == class_index).flatten()
@@ -101,8 +108,6 @@ def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes
     fitted, means = torch.zeros(len(labels), classes), torch.zeros(len(labels), classes)
     for fold in range(folds):
         held, kept = fold_of == fold, fold_of != fold
-        if not held.any():
-            continue
         start = class_means_head(features[kept], labels[kept], classes)
         weight, bias = fit_head(features[kept], labels[kept], classes, start)
         fitted[held] = features[held] @ weight.T + bias
@@ -123,14 +128,26 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def can_cross_validate(counts: list[int]) -> str | None:
+    """None when every class has the 2 images cross-validation needs; else the sentence saying why it is skipped."""
+    if min(counts) >= 2:
+        return None
+    return ("not cross-validated: a class with 1 image leaves none of it to fit on when it is held out, so the "
+            "accuracy shown is on the taught images themselves")
+
+
 def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: list[str],
-          progress=lambda fraction, text: None) -> TaughtModel:
-    """Fit a head for the visitor's classes on the served backbone; cross-validate it; write its model folder."""
+          progress=lambda fraction, text: None, store: storage_module.Storage | None = None) -> TaughtModel:
+    """Fit a head for the visitor's classes on the served backbone; cross-validate and calibrate it where the images
+    allow (the summary says why not otherwise); write its model folder as a zip into store (the app's storage)."""
     started = time.perf_counter()
-    examples = {name: images[:MAX_PER_CLASS] for name, images in examples.items()}
     empty = [name for name, images in examples.items() if not images]
     if empty:
         raise UserError(f"Class {empty[0]!r} has no usable image; give it at least one.")
+    crowded = [name for name, images in examples.items() if len(images) > MAX_PER_CLASS]
+    if crowded:
+        raise UserError(f"Class {crowded[0]!r} has {len(examples[crowded[0]])} images; give each class at most "
+                        f"{MAX_PER_CLASS}.")
     if not MIN_CLASSES <= len(examples) <= MAX_CLASSES:
         raise UserError(f"Teach {MIN_CLASSES} to {MAX_CLASSES} classes; {len(examples)} were given.")
     names = list(examples)
@@ -138,25 +155,49 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
     if len(images) > MAX_TEACH_IMAGES:
         raise UserError(f"Teach at most {MAX_TEACH_IMAGES} images at once; {len(images)} were given.")
     labels = torch.tensor([index for index, name in enumerate(names) for _ in examples[name]])
+    counts = torch.bincount(labels, minlength=len(names)).tolist()
     # A copy made outside inference mode: the head's fit needs autograd.
     features = backbone_features(loaded, images, lambda fraction: progress(0.8 * fraction, "features")).clone()
     progress(0.8, "fitting the head")
+    not_cross_validated = can_cross_validate(counts)
     with one_thread():
-        fitted, means, folds = cross_validated_logits(features, labels, len(names))
         weight, bias = fit_head(features, labels, len(names))
-    report = calibration_report(fitted, labels, fitted, labels)
+        if not_cross_validated:
+            fitted, means, folds = features @ weight.T + bias, None, 0
+        else:
+            fitted, means, folds = cross_validated_logits(features, labels, len(names))
+    if not_cross_validated:
+        report = calibration_report(fitted[:0], labels[:0], fitted, labels)
+        report["skipped"] = "not calibrated (temperature 1): no held-out predictions to fit a temperature on"
+    else:
+        report = calibration_report(fitted, labels, fitted, labels)
+        report["fitted_on"] = "cross-validated predictions"
     test = classification_metrics(fitted, labels, names)
-    seconds = time.perf_counter() - started
-    counts = torch.bincount(labels, minlength=len(names)).tolist()
     summary = {"classes": names, "images_per_class": dict(zip(names, counts)),
-               "loo_accuracy": float((fitted.argmax(1) == labels).double().mean()),
-               "class_mean_accuracy": float((means.argmax(1) == labels).double().mean()),
-               "chance": max(counts) / len(labels), "folds": folds, "seconds": round(seconds, 2),
-               "skipped": skipped, "confusion_matrix": test["confusion_matrix"]}
-    folder = _write_folder(loaded, names, weight, bias, fitted, labels, images, report, test, summary)
+               "cross_validated_accuracy": None if not_cross_validated else accuracy(fitted, labels),
+               "class_mean_accuracy": None if means is None else accuracy(means, labels),
+               "taught_images_accuracy": accuracy(features @ weight.T + bias, labels),
+               "chance": max(counts) / len(labels), "folds": folds, "not_cross_validated": not_cross_validated,
+               "temperature": report["temperature"], "not_calibrated": report.get("skipped"),
+               "seconds": round(time.perf_counter() - started, 2), "skipped": skipped,
+               "confusion_matrix": test["confusion_matrix"]}
+    store = store or storage_module.storage()
+    entry = store.new_entry("taught-")
+    try:
+        folder = _write_folder(loaded, names, weight, bias, fitted, labels, images, report, test, summary,
+                               entry / "taught-model")
+        archive = Path(shutil.make_archive(str(folder), "zip", folder.parent, folder.name))
+        shutil.rmtree(folder)  # the zip is the one copy kept
+    except BaseException:
+        store.remove(entry)
+        raise
+    store.add(entry)
     progress(1.0, "done")
-    return TaughtModel(names, weight, bias, report["temperature"], summary, folder,
-                       Path(shutil.make_archive(str(folder), "zip", folder.parent, folder.name)))
+    return TaughtModel(names, weight, bias, report["temperature"], summary, archive)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).double().mean())
 
 
 def taught_network(loaded: LoadedModel, taught_weight: torch.Tensor, taught_bias: torch.Tensor) -> nn.Module:
@@ -175,13 +216,15 @@ def taught_network(loaded: LoadedModel, taught_weight: torch.Tensor, taught_bias
 
 def _write_folder(loaded: LoadedModel, names: list[str], weight: torch.Tensor, bias: torch.Tensor,
                   fitted: torch.Tensor, labels: torch.Tensor, images: list[Image.Image], report: dict, test: dict,
-                  summary: dict) -> Path:
-    """The taught model as a complete model folder, its test section (test) from the cross-validated predictions
-    (fitted)."""
+                  summary: dict, folder: Path) -> Path:
+    """The taught model as a complete model folder at folder, its test section (test) from the cross-validated
+    predictions (fitted), or from the head's own predictions on the taught images where they were too few."""
     network = taught_network(loaded, weight, bias)
     architecture = network.pretrained_cfg.get("architecture", type(network).__name__)
     settings = TrainSettings(dataset="images taught in the tl-space app", model=architecture, strategy="linear-probe",
-                             epochs=1, output_dir="taught", test_split="cross-validation", max_misclassified=16,
+                             epochs=1, output_dir="taught",
+                             test_split="taught images" if summary["not_cross_validated"] else "cross-validation",
+                             max_misclassified=16,
                              cache_dir="none").published()
     test = {**test, "best_epoch": 0}
     count = len(labels)
@@ -202,7 +245,6 @@ def _write_folder(loaded: LoadedModel, names: list[str], weight: torch.Tensor, b
     mistakes = misclassified_records(fitted / report["temperature"], labels, names, settings["max_misclassified"])
     shown = torch.cat([image_tensor(image, 96) if min(image.size) >= 96 else
                        image_tensor(image.resize((96, 96)), 96) for image in images])
-    folder = Path(tempfile.mkdtemp(prefix="tl-space-taught-")) / "taught-model"
     write_model_folder(folder, network, names, loaded.preprocessing, metrics, mistakes, shown)
     return folder
 
@@ -238,22 +280,31 @@ def taught_head(loaded: LoadedModel, taught: TaughtModel) -> Iterator[LoadedMode
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
-def push_taught(folder: Path, repo_name: str, oauth_token: str | None, on_space: bool) -> str:
-    """Upload a taught model folder to the visitor's own account as USER/repo_name; returns the repo id.
+def push_taught(archive: Path, repo_name: str, oauth_token: str | None, operator_token_allowed: bool) -> str:
+    """Upload a taught model (its zip, unpacked for the upload) to the visitor's own account as USER/repo_name;
+    returns the repo id.
 
-    On a Space only the visitor's sign-in token (OAuth) is used, never the Space's own; run locally, the user's
-    HF_TOKEN or saved login. The token is never shown or written anywhere."""
+    The visitor's sign-in token (OAuth) is the only one used, unless the operator allowed their own
+    (operator_token_allowed: PUSH_WITH_SERVER_TOKEN=1 on a server only this machine reaches). The token is never
+    shown or written anywhere."""
     repo_name = (repo_name or "").strip()
     if not REPO_NAME.match(repo_name):
         raise UserError("Name the repo with letters, digits, '-', '_' or '.', e.g. my-taught-classes.")
-    if on_space and not oauth_token:
-        raise UserError("Sign in with Hugging Face (the button above) to push to your own account.")
-    api = HfApi(token=oauth_token) if on_space else HfApi()
+    if not oauth_token and not operator_token_allowed:
+        raise UserError("Sign in with Hugging Face (the button above) to push to your own account; run locally, "
+                        "start the app with PUSH_WITH_SERVER_TOKEN=1 to push with your own HF_TOKEN.")
+    if not archive.is_file():
+        raise UserError("This taught model's files were removed to make room for others; teach it again to push it.")
+    # HfApi() reads the server's HF_TOKEN or saved login: only where the operator allowed it above.
+    api = HfApi(token=oauth_token) if oauth_token else HfApi()
     try:
         user = api.whoami()["name"]
     except Exception as error:  # no token, a refused one, or no network: the same advice
         raise UserError("Pushing needs a Hugging Face token with write access: sign in, or run locally with "
                         "HF_TOKEN set.") from error
     repo_id = hub.check_push_access(f"{user}/{repo_name}", api)
-    hub.push_model_folder(folder, repo_id, api=api, commit_message="A model taught in the tl-space app")
+    with tempfile.TemporaryDirectory(dir=archive.parent) as unpacked:
+        shutil.unpack_archive(archive, unpacked, "zip")
+        hub.push_model_folder(Path(unpacked) / archive.stem, repo_id, api=api,
+                              commit_message="A model taught in the tl-space app")
     return repo_id

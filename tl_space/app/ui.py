@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import csv
 import functools
 import logging
-import shutil
-import tempfile
+import os
 import time
 from pathlib import Path
 
@@ -17,11 +15,13 @@ import torch
 from PIL import Image
 
 from tl_space.app import teach as teaching
+from tl_space.app.limits import limit_waiting_per_session
+from tl_space.app.storage import storage
 from tl_space.app.compare import MAX_COMPARED, Comparison, TestSample, disagreements
 from tl_space.app import explain as explaining
-from tl_space.app.explain import pretrained_backbone
+from tl_space.app.explain import DISPLAY_SIZE, pretrained_backbone
 from tl_space.app.inference import class_probabilities
-from tl_space.app.markdown import code, text
+from tl_space.markdown import code, text
 from tl_space.figures import to_image
 from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
 from tl_space.folder.plots import confusion_matrix_figure
@@ -35,8 +35,13 @@ from tl_space.study.report import study_overview, summarize
 
 ALL = "all classes"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-# Every event that runs the model shares one queue slot: hooks (Grad-CAM, feature maps) never overlap.
+# Events run one at a time per group: quick ones (a prediction, a heatmap) in one, heavy ones (many images, teaching,
+# feature maps) in the other, so that a flood of heavy jobs never holds up a visitor's /classify. The model's own lock
+# keeps their forward passes (and hooks) apart; heavy jobs take it per batch.
 MODEL_QUEUE = "model"
+HEAVY_QUEUE = "heavy"
+# Requests one session may have waiting; past it, a sentence instead of a place in the queue.
+MAX_WAITING_PER_SESSION = 2
 # Files Gradio stored for visitors (uploads, cached examples) are deleted after an hour, checked every 10 minutes.
 DELETE_CACHE = (600, 3600)
 # Requests waiting at most: past this, a visitor is told the Space is busy instead of waiting minutes.
@@ -77,27 +82,34 @@ def classify(loaded: LoadedModel, payload: str | dict | None) -> tuple[dict[str,
     Takes gr.Image's raw value (the event runs with preprocess=False), so that our decoding, not Gradio's,
     meets broken files and can say what is wrong with them.
     """
-    image = uploaded_image(payload)
+    image = uploaded_image(payload, upload_side(loaded))
     started = time.perf_counter()
     probabilities = class_probabilities(loaded, image)
     milliseconds = (time.perf_counter() - started) * 1000
-    return probabilities, f"Predicted in {milliseconds:.0f} ms on {image.width}x{image.height} px."
+    width, height = image.info.get("source_size", image.size)
+    return probabilities, f"Predicted in {milliseconds:.0f} ms on {width}x{height} px."
 
 
-def uploaded_image(payload: str | dict | None) -> Image.Image:
-    """The decoded upload, or a gr.Error saying what is wrong with it."""
+def upload_side(loaded: LoadedModel) -> int:
+    """How wide an upload's centre square is kept at least: what the model and the heatmaps' display need."""
+    return max(DISPLAY_SIZE, loaded.preprocessing.image_size)
+
+
+def uploaded_image(payload: str | dict | None, side: int) -> Image.Image:
+    """The decoded upload (its centre square, reduced while decoded to under 2 * side px), or a gr.Error saying what
+    is wrong with it."""
     path = uploaded_path(payload)
     if path is None:
         raise gr.Error("Upload an image first.", print_exception=False)
     try:
-        return open_image(path)
+        return open_image(path, side=side)
     except ImageError as error:
         raise gr.Error(str(error), print_exception=False) from error
 
 
 def explain(loaded: LoadedModel, payload: str | dict | None, class_name: str) -> Image.Image:
     """The upload with the Grad-CAM heatmap of class_name over it."""
-    image = uploaded_image(payload)
+    image = uploaded_image(payload, upload_side(loaded))
     if class_name not in loaded.label_names:
         raise gr.Error(f"Pick one of the model's classes, not {str(class_name)[:100]!r}.", print_exception=False)
     return heatmap_overlays(loaded, image, [class_name])[0]
@@ -118,14 +130,14 @@ def filter_mistakes(loaded: LoadedModel, true_label: str, predicted_label: str) 
 
 
 def png_copies(images: list[Image.Image]) -> list[str]:
-    """Each image written once as a PNG into a temp folder of this process, removed at exit.
+    """Each image written once as a PNG into the app's storage (inside Gradio's cache, so served from there, never
+    copied), removed at exit.
 
-    The gallery serves these files, which Gradio copies into its cache under a staging name. Given PIL images, Gradio
-    would re-encode and rewrite the same cache file in place on every request, and a visitor fetching it meanwhile
-    could get it half-written (bench/bench_app_load.py saw one such answer in 640 mixed requests).
+    Given PIL images, Gradio would re-encode and rewrite the same cache file in place on every request, and a visitor
+    fetching it meanwhile could get it half-written (bench/bench_app_load.py saw one such answer in 640 mixed
+    requests).
     """
-    folder = Path(tempfile.mkdtemp(prefix="tl-space-public-"))
-    atexit.register(shutil.rmtree, folder, True)
+    folder = storage().public_folder()
     paths = []
     for index, image in enumerate(images):
         path = folder / f"{index:03d}.png"
@@ -211,7 +223,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
                 """With the toggle on: the top class's heatmap, and the top 5 to pick another from."""
                 if not show or uploaded_path(payload) is None:
                     return gr.update(visible=False), gr.update(visible=False, value=None)
-                image_now = uploaded_image(payload)
+                image_now = uploaded_image(payload, upload_side(loaded))
                 top5 = top_classes(class_probabilities(loaded, image_now))
                 overlay = heatmap_overlays(loaded, image_now, top5[:1])[0]
                 return gr.update(choices=top5, value=top5[0], visible=True), gr.update(value=overlay, visible=True)
@@ -232,14 +244,14 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
             pretrained = functools.cache(lambda: pretrained_backbone(loaded, pretrained_file))
 
             def show_feature_maps(payload: str | dict | None):
-                image_now = uploaded_image(payload)
+                image_now = uploaded_image(payload, upload_side(loaded))
                 with loaded.lock:
                     backbone, note = pretrained()
                 models = {"this model": loaded.model} | ({"pretrained backbone": backbone} if backbone else {})
                 return feature_map_figure(image_now, models, loaded), note
 
             maps_button.click(show_feature_maps, inputs=image, outputs=[maps_image, maps_note], api_name="feature_maps",
-                              **model_event)
+                              preprocess=False, concurrency_id=HEAVY_QUEUE)
             examples = example_images(examples_dir)
             if examples:
                 gr.Examples(examples=examples, inputs=image, outputs=[label, timing], fn=predict,
@@ -291,10 +303,11 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
                 if file in loaded.plots:
                     gr.Image(loaded.plots[file], label=title, interactive=False, type="pil", format="png")
         add_study_tab(loaded)
-        add_teach_tab(loaded, teach_sample or (comparison.sample if comparison is not None else None))
+        add_teach_tab(loaded, teach_sample or (comparison.sample if comparison is not None else None), demo)
         if comparison is not None:
             add_compare_tab(comparison)
     demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
+    limit_waiting_per_session(demo, MAX_WAITING_PER_SESSION)
     return demo
 
 
@@ -319,7 +332,7 @@ def add_study_tab(loaded: LoadedModel) -> None:
 
 def compare_upload(comparison: Comparison, payload: str | dict | None) -> list:
     """Each compared run's top 5 for the upload, then each run's Grad-CAM of its own top class."""
-    image = uploaded_image(payload)
+    image = uploaded_image(payload, max(upload_side(run) for run in comparison.runs))
     tops, heatmaps = [], []
     for run in comparison.runs:
         probabilities = class_probabilities(run, image)
@@ -362,14 +375,14 @@ def add_compare_tab(comparison: Comparison) -> None:
                 return list(zip(png_copies([image for image, _ in items]), [caption for _, caption in items]))
 
             disagree.click(disagreement_files, outputs=gallery, api_name="compare_disagreements",
-                           concurrency_id=MODEL_QUEUE)
+                           concurrency_id=HEAVY_QUEUE)
 
 
 TEACH_ROWS = teaching.MAX_CLASSES
 MAX_CLASSIFY_MANY = 200
 
 
-def open_uploads(paths: list[str], limit: int) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+def open_uploads(paths: list[str], limit: int, side: int) -> tuple[list[tuple[str, Image.Image]], list[str]]:
     """(file name, image) of each uploaded file that decodes, and a line naming each that does not."""
     if len(paths) > limit:
         raise gr.Error(f"Give at most {limit} images at once; {len(paths)} were given.", print_exception=False)
@@ -377,7 +390,7 @@ def open_uploads(paths: list[str], limit: int) -> tuple[list[tuple[str, Image.Im
     for path in paths:
         name = Path(str(path)).name[:80]
         try:
-            opened.append((name, uploaded_image(path)))
+            opened.append((name, uploaded_image(path, side)))
         except gr.Error as error:
             skipped.append(f"{name}: {error.message}")
     return opened, skipped
@@ -392,77 +405,127 @@ def _paths(value) -> list[str]:
 
 def teach_summary_markdown(summary: dict) -> str:
     names = ", ".join(text(name) for name in summary["classes"])
-    lines = [f"### Taught {len(summary['classes'])} classes ({names}) in {summary['seconds']:.1f} s",
-             f"Cross-validated accuracy ({summary['folds']} folds: each image predicted by a head fitted without it): "
-             f"**{summary['loo_accuracy']:.1%}**, against {summary['class_mean_accuracy']:.1%} for the class means "
-             f"alone and {summary['chance']:.1%} by always guessing the largest class."]
+    lines = [f"### Taught {len(summary['classes'])} classes ({names}) in {summary['seconds']:.1f} s"]
+    if summary["not_cross_validated"]:
+        lines.append(f"Accuracy on the taught images themselves: **{summary['taught_images_accuracy']:.1%}**, "
+                     f"{text(summary['not_cross_validated'])}. Give each class 2 images or more to see a "
+                     "cross-validated score.")
+    else:
+        lines.append(f"Cross-validated accuracy ({summary['folds']} folds: each image predicted by a head fitted "
+                     f"without it): **{summary['cross_validated_accuracy']:.1%}**, against "
+                     f"{summary['class_mean_accuracy']:.1%} for the class means alone and {summary['chance']:.1%} by "
+                     "always guessing the largest class.")
+    if summary["not_calibrated"]:
+        lines.append(f"Probabilities: {text(summary['not_calibrated'])}.")
     if summary["skipped"]:
-        lines.append("Skipped: " + "; ".join(text(line) for line in summary["skipped"][:20]) + ".")
+        lines.append("Left out: " + "; ".join(text(line) for line in summary["skipped"][:20])
+                     + ("; …" if len(summary["skipped"]) > 20 else "") + ".")
     return "\n\n".join(lines)
 
 
 def confusion_figure(summary: dict) -> Image.Image:
-    return to_image(confusion_matrix_figure(summary["confusion_matrix"], summary["classes"],
-                                            "Cross-validated confusion matrix"))
+    title = "Confusion matrix on the taught images" if summary["not_cross_validated"] else \
+        "Cross-validated confusion matrix"
+    return to_image(confusion_matrix_figure(summary["confusion_matrix"], summary["classes"], title))
 
 
-def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
+def class_name_of_row(row: int, value: object) -> str:
+    """A Teach row's class name, its spaces collapsed; a gr.Error when it is blank."""
+    name = " ".join(str(value or "").split())
+    if not name:
+        raise gr.Error(f"Name class {row + 1}.", print_exception=False)
+    if len(name) > teaching.MAX_NAME_LENGTH:
+        raise gr.Error(f"Class {row + 1}'s name is longer than {teaching.MAX_NAME_LENGTH} characters.",
+                       print_exception=False)
+    return name
+
+
+def files_by_class(paths: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """/teach's files grouped by the class their names start with (cat_01.png: cat), at most MAX_PER_CLASS each;
+    a line naming each file left out and why."""
+    grouped: dict[str, list[str]] = {}
+    skipped: list[str] = []
+    for path in paths:
+        name = Path(str(path)).name[:80]
+        try:
+            members = grouped.setdefault(teaching.class_of(name), [])
+        except ValueError as error:
+            skipped.append(f"{name}: {error}")
+            continue
+        if len(members) >= teaching.MAX_PER_CLASS:
+            skipped.append(f"{name}: its class already has {teaching.MAX_PER_CLASS} images, the most taught")
+            continue
+        members.append(path)
+    return grouped, skipped
+
+
+def operator_token_allowed(demo: gr.Blocks) -> bool:
+    """Whether a push without the visitor's own sign-in may use the server's HF_TOKEN: only where the operator set
+    PUSH_WITH_SERVER_TOKEN=1 and the server answers this machine alone (loopback, no share link, not a Space)."""
+    loopback = str(getattr(demo, "server_name", None) or "") in ("127.0.0.1", "localhost", "::1")
+    return (os.environ.get(PUSH_WITH_SERVER_TOKEN) == "1" and loopback and not getattr(demo, "share", False)
+            and not ON_SPACE)
+
+
+def add_teach_tab(loaded: LoadedModel, sample: TestSample | None, demo: gr.Blocks) -> None:
     """The Teach tab: a visitor's own classes on the served backbone, in seconds; the result is theirs alone."""
+    side = upload_side(loaded)
+
     def forget(taught: teaching.TaughtModel | None) -> None:  # a session ended, or an hour passed
         if taught is not None:
-            shutil.rmtree(taught.folder.parent, ignore_errors=True)
+            storage().remove(taught.entry)
 
-    def run_teach(examples: dict[str, list[Image.Image]], skipped: list[str], progress) -> tuple:
+    def run_teach(examples: dict[str, list[Image.Image]], skipped: list[str], previous, progress) -> tuple:
         try:
             taught = teaching.teach(loaded, examples, skipped, lambda fraction, what: progress(fraction, desc=what))
         except UserError as error:
             raise gr.Error(str(error), print_exception=False) from error
+        forget(previous)  # re-teaching replaces the session's earlier model
         return taught, taught.summary, str(taught.archive)
 
-    def teach_from_files(files, progress=gr.Progress()):
+    def teach_from_files(files, previous=None, progress=gr.Progress()):
         """/teach: files named CLASS_anything.png; returns the summary, the zip of the model folder, the state."""
         paths = _paths(files)
         if len(paths) > teaching.MAX_TEACH_IMAGES:
             raise gr.Error(f"Teach at most {teaching.MAX_TEACH_IMAGES} images at once; {len(paths)} were given.",
                            print_exception=False)
+        grouped, skipped = files_by_class(paths)
         examples: dict[str, list[Image.Image]] = {}
-        skipped: list[str] = []
-        for path in paths:
-            name = Path(str(path)).name[:80]
-            try:
-                images = examples.setdefault(teaching.class_of(name), [])
-            except ValueError as error:
-                skipped.append(f"{name}: {error}")
-                continue
-            opened, not_opened = open_uploads([path], 1)  # a broken file leaves its class, maybe empty
-            images += [image for _, image in opened]
+        for name, members in grouped.items():
+            opened, not_opened = open_uploads(members, teaching.MAX_PER_CLASS, side)  # a broken file leaves its class
+            examples[name] = [image for _, image in opened]
             skipped += not_opened
-        taught, summary, archive = run_teach(examples, skipped, progress)
+        taught, summary, archive = run_teach(examples, skipped, previous, progress)
         return summary, archive, taught
 
-    def teach_from_rows(count: int, *values, progress=gr.Progress()):
+    def teach_from_rows(count: int, previous, *values, progress=gr.Progress()):
         examples: dict[str, list[Image.Image]] = {}
         skipped: list[str] = []
         for row in range(int(count)):
-            name, gallery, cifar_class, cifar_count = values[4 * row:4 * row + 4]
-            name = " ".join(str(name or "").split())[:50]
-            if not name:
-                raise gr.Error(f"Name class {row + 1}.", print_exception=False)
-            opened, row_skipped = open_uploads(_paths(gallery), teaching.MAX_PER_CLASS)
+            name_value, gallery, cifar_class, cifar_count = values[4 * row:4 * row + 4]
+            name = class_name_of_row(row, name_value)
+            if name in examples:
+                raise gr.Error(f"Classes {list(examples).index(name) + 1} and {row + 1} are both named {name!r}; give "
+                               "each class its own name.", print_exception=False)
+            opened, row_skipped = open_uploads(_paths(gallery), teaching.MAX_PER_CLASS, side)
             skipped += row_skipped
             images = [image for _, image in opened]
             if sample is not None and cifar_class in sample.class_names and cifar_count:
                 members = torch.nonzero(sample.labels == sample.class_names.index(cifar_class)).flatten()
-                images += [sample.image(index)
-                           for index in members[:max(0, min(int(cifar_count), teaching.MAX_PER_CLASS))].tolist()]
+                wanted = min(max(0, int(cifar_count)), len(members))
+                room = teaching.MAX_PER_CLASS - len(images)
+                if wanted > room:
+                    skipped.append(f"{name}: {wanted - room} of the {wanted} CIFAR-10 images asked for, past the "
+                                   f"{teaching.MAX_PER_CLASS} a class is taught")
+                images += [sample.image(index) for index in members[:max(0, min(wanted, room))].tolist()]
             examples[name] = images
-        taught, summary, archive = run_teach(examples, skipped, progress)
+        taught, summary, archive = run_teach(examples, skipped, previous, progress)
         return summary, archive, taught, teach_summary_markdown(summary), confusion_figure(summary)
 
     def classify_taught(taught: teaching.TaughtModel | None, payload):
         if taught is None:
             raise gr.Error("Teach some classes first.", print_exception=False)
-        image = uploaded_image(payload)
+        image = uploaded_image(payload, side)
         probabilities = teaching.taught_probabilities(loaded, taught, image)
         top = top_classes(probabilities, 1)
         with teaching.taught_head(loaded, taught) as view:  # the shared model wears the taught head, under its lock
@@ -470,20 +533,28 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
         return probabilities, heatmap
 
     def classify_many(taught: teaching.TaughtModel | None, files):
-        """/classify_many: one row per image (file, top 3 with probabilities), the least sure first, and a CSV."""
-        opened, skipped = open_uploads(_paths(files), MAX_CLASSIFY_MANY)
-        rows = []
-        for name, image in opened:
-            probabilities = (teaching.taught_probabilities(loaded, taught, image) if taught is not None
-                             else class_probabilities(loaded, image))
-            top = top_classes(probabilities, 3)
-            rows.append([name, *[f"{label} ({probabilities[label]:.1%})" for label in top], probabilities[top[0]]])
+        """/classify_many: one row per image (file, top 3 with probabilities), the least sure first, and a CSV.
+        Each image is decoded, classified and let go in turn: a request holds one decoded image at a time."""
+        paths = _paths(files)
+        if len(paths) > MAX_CLASSIFY_MANY:
+            raise gr.Error(f"Give at most {MAX_CLASSIFY_MANY} images at once; {len(paths)} were given.",
+                           print_exception=False)
+        rows, skipped = [], []
+        for path in paths:
+            opened, not_opened = open_uploads([path], 1, side)
+            skipped += not_opened
+            for name, image in opened:
+                probabilities = (teaching.taught_probabilities(loaded, taught, image) if taught is not None
+                                 else class_probabilities(loaded, image))
+                top = top_classes(probabilities, 3)
+                rows.append([name, *[f"{label} ({probabilities[label]:.1%})" for label in top], probabilities[top[0]]])
         rows.sort(key=lambda row: row[-1])
         rows += [[line, "", "", "", None] for line in skipped]
-        csv_path = Path(tempfile.mkdtemp(prefix="tl-space-table-")) / "predictions.csv"
-        with open(csv_path, "w", newline="") as file:
+        entry = storage().new_entry("table-")
+        with open(entry / "predictions.csv", "w", newline="") as file:
             csv.writer(file).writerows([MANY_HEADERS, *rows])
-        return rows, str(csv_path)
+        storage().add(entry)
+        return rows, str(entry / "predictions.csv")
 
     with gr.Tab("Teach"):
         gr.Markdown("Teach this model your own classes: name 2 to 10 of them and give each 1 to 50 images. The "
@@ -514,13 +585,15 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
         archive = gr.File(label="The taught model folder (zip): MODEL_ID=folder python app.py, or "
                                 "timm.create_model('local-dir:folder')", interactive=False)
         outputs = [summary, archive, taught, summary_text, confusion]
-        teach_button.click(teach_from_rows, inputs=[count, *inputs], outputs=outputs, api_name=False,
-                           concurrency_id=MODEL_QUEUE)
+        teach_button.click(teach_from_rows, inputs=[count, taught, *inputs], outputs=outputs, api_name=False,
+                           concurrency_id=HEAVY_QUEUE)
         teach_files = gr.File(file_count="multiple", visible=False)
-        gr.Button(visible=False).click(teach_from_files, inputs=teach_files, outputs=outputs[:3], api_name="teach",
-                                       concurrency_id=MODEL_QUEUE)
+        gr.Button(visible=False).click(teach_from_files, inputs=[teach_files, taught], outputs=outputs[:3],
+                                       api_name="teach", concurrency_id=HEAVY_QUEUE)
         with gr.Row():
-            if ON_SPACE:  # the visitor's own account; run locally, the user's HF_TOKEN (gradio's mock needs the network)
+            # The visitor's own account. Off a Space, Gradio's login would stand in the server's own token for
+            # every visitor, so there is none: a push there needs PUSH_WITH_SERVER_TOKEN=1 on a loopback server.
+            if ON_SPACE:
                 gr.LoginButton()
             repo_name = gr.Textbox(label="Repo name in your account", placeholder="my-taught-classes")
             push_button = gr.Button("Push to the Hub")
@@ -530,8 +603,8 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
             if taught_model is None:
                 raise gr.Error("Teach some classes first.", print_exception=False)
             try:
-                repo_id = teaching.push_taught(taught_model.folder, name, oauth_token.token if oauth_token else None,
-                                               ON_SPACE)
+                repo_id = teaching.push_taught(taught_model.archive, name, oauth_token.token if oauth_token else None,
+                                               operator_token_allowed(demo))
             except UserError as error:
                 raise gr.Error(str(error), print_exception=False) from error
             except Exception as error:  # the Hub's own errors: a sentence, never its text
@@ -554,8 +627,10 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None) -> None:
             table = gr.Dataframe(headers=MANY_HEADERS, label="The least sure first", interactive=False)
             table_file = gr.File(label="The table as CSV", interactive=False)
             many_button.click(classify_many, inputs=[taught, many], outputs=[table, table_file],
-                              api_name="classify_many", concurrency_id=MODEL_QUEUE)
+                              api_name="classify_many", concurrency_id=HEAVY_QUEUE)
 
 
 MANY_HEADERS = ["file", "top 1", "top 2", "top 3", "top-1 probability"]
+# The operator's opt-in to pushes with the server's own HF_TOKEN, honoured on a loopback-only server.
+PUSH_WITH_SERVER_TOKEN = "PUSH_WITH_SERVER_TOKEN"
 ON_SPACE = get_space() is not None

@@ -7,6 +7,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tl_space.folder.files import CARD_FILE
+from tl_space.markdown import code, text
 from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
 from tl_space.strategies import STRATEGIES, keeps_batchnorm_statistics
 
@@ -18,7 +19,7 @@ CARD_TEMPLATE = """---
 
 An image classifier for {{ num_classes }} classes ({{ class_list }}), trained with
 tl-space by transfer learning: **{{ strategy }}** of the timm model
-`{{ architecture }}`{% if base_model %}, starting from the ImageNet weights of `{{ base_model }}`{% else %}, from random initialisation{% endif %}.
+{{ architecture }}{% if base_model %}, starting from the ImageNet weights of {{ base_model }}{% else %}, from random initialisation{% endif %}.
 
 ## Results
 
@@ -110,9 +111,14 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         model_reference=f"hf-hub:{settings['hub_model_id']}" if settings.get("hub_model_id") else "local-dir:PATH_TO_THIS_FOLDER",
         app_model_id=settings.get("hub_model_id") or "PATH_TO_THIS_FOLDER",
         model_name=model_name, num_classes=len(metrics["data"]["class_names"]),
-        class_list=", ".join(metrics["data"]["class_names"][:20]) + ("…" if len(metrics["data"]["class_names"]) > 20 else ""),
-        strategy=settings["strategy"], architecture=metrics["model"]["architecture"], base_model=base_model,
-        summary=run_summary(metrics), per_class=per_class_rows(test), per_class_headers=PER_CLASS_HEADERS,
+        # Class names and settings may be anyone's text (a taught model's classes are a visitor's): escaped, so the
+        # Hub renders them as written, never as links, images or HTML.
+        class_list=", ".join(text(name) for name in metrics["data"]["class_names"][:20])
+        + ("…" if len(metrics["data"]["class_names"]) > 20 else ""),
+        strategy=text(settings["strategy"]), architecture=code(metrics["model"]["architecture"]),
+        base_model=code(base_model) if base_model else None,
+        summary=run_summary(metrics, code, text),
+        per_class=[[text(name), *values] for name, *values in per_class_rows(test)], per_class_headers=PER_CLASS_HEADERS,
         misclassified_count=len(misclassified), epochs_run=len(metrics["history"]),
         image_size=preprocessing["image_size"], interpolation=preprocessing["interpolation"],
         mean=preprocessing["mean"], std=preprocessing["std"],

@@ -21,7 +21,9 @@ def run_summary(metrics: dict, quote: Quote = _code, plain: Quote = str) -> list
              f"images), {len(metrics['history'])} epochs at {int(metrics['preprocessing']['image_size'])} px; best "
              f"epoch {int(test['best_epoch'])} by validation accuracy. Test loss {float(test['loss']):.3f}."]
     calibration = metrics.get("calibration")
-    if calibration:
+    if calibration and calibration.get("skipped"):
+        lines.append(f"**Calibration**: {plain(calibration['skipped'])}.")
+    elif calibration:
         lines.append(f"**Calibration**: a temperature of {float(calibration['temperature']):.3f}, fitted on the validation "
                      "split, divides the logits before the softmax (the predicted classes do not change); expected "
                      f"calibration error on the test split {float(calibration['test_ece_before']):.2%} before, "

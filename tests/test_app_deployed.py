@@ -158,7 +158,7 @@ def raw_call(url: str, endpoint: str, *data) -> tuple[str, str]:
     return name.removeprefix("event: "), payload.removeprefix("data: ")
 
 
-@pytest.mark.parametrize("endpoint", ["/classify", "/explain", "/feature_maps"])
+@pytest.mark.parametrize("endpoint", ["/classify", "/explain", "/feature_maps", "/compare"])
 def test_forged_paths_are_refused_without_naming_any_path(deployed, uploads, endpoint):
     extra = [CLASS_NAMES[0]] if endpoint == "/explain" else []
     forged = [{"path": str(ROOT / "examples" / "cat.png")},
@@ -169,13 +169,15 @@ def test_forged_paths_are_refused_without_naming_any_path(deployed, uploads, end
     for payload in forged:
         event, message = raw_call(deployed["url"], endpoint, payload, *extra)
         assert event == "error", (payload, event, message[:200])
-        # Tagged as FileData (or a bare string), Gradio itself refuses what it did not store and says nothing;
-        # an untagged dict reaches our check, which says what to do.
-        ours = isinstance(payload, dict) and "meta" not in payload
-        assert "not uploaded to this app" in message if ours else message == '{"error": null}', (payload, message)
+        # Tagged as FileData, Gradio's own check refuses it; untagged, ours does: the same sentence either way. A bare
+        # string is not an image's data at all.
+        expected = "not uploaded to this app" if isinstance(payload, dict) else "not what this endpoint takes"
+        assert expected in message, (payload, message)
         assert "/" not in message and "Errno" not in message and "Traceback" not in message, message
     answered = Client(deployed["url"], verbose=False).predict(handle_file(str(uploads[0])), *extra, api_name=endpoint)
     assert answered  # a real upload still works
+    log = deployed["log"].read_text()
+    assert "Traceback" not in log and "refused a request naming a file that was not uploaded" in log, log[-2000:]
 
 
 def test_mixed_concurrent_requests_answer_as_each_does_alone(deployed, uploads):

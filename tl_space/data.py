@@ -147,8 +147,10 @@ def class_names_of(split: datasets.Dataset, label_column: str) -> list[str]:
         return list(feature.names)
     values = sorted(set(split[label_column]))
     if values != list(range(len(values))):
-        raise UserError(f"--label-column {label_column!r} is not a ClassLabel and its values {values[:10]} "
-                        "are not 0..K-1; cast it to a ClassLabel first")
+        # Name the values that break 0..K-1 (K = the count of distinct values), not the first ten, which may all fit.
+        unexpected = [value for value in values if not (isinstance(value, int) and 0 <= value < len(values))]
+        raise UserError(f"--label-column {label_column!r} is not a ClassLabel and its values are not 0..K-1: "
+                        f"{len(values)} distinct values, among them {unexpected[:10]}; cast it to a ClassLabel first")
     return [str(value) for value in values]
 
 
@@ -182,7 +184,7 @@ def stored_images_key(split: datasets.Dataset, image_column: str, label_column: 
 
 
 def decode_images(split: datasets.Dataset, image_column: str, label_column: str, size: int,
-                  progress: bool = False, cache_dir: Path | None = None) -> LabelledImages:
+                  progress: bool = False, cache_dir: Path | None = None, split_name: str = "train") -> LabelledImages:
     """Decode a split once into uint8 tensors; with cache_dir, read them from there when the same stored images were
     decoded before (and store them when not).
 
@@ -191,7 +193,7 @@ def decode_images(split: datasets.Dataset, image_column: str, label_column: str,
     tensor needs one shape. Only fitted images depend on size, so only their cache entry names it.
     """
     if cache_dir is None:
-        return _decode_split(split, image_column, label_column, size, progress)[0]
+        return _decode_split(split, image_column, label_column, size, progress, split_name)[0]
     stored = stored_images_key(split, image_column, label_column)
     native_key, fitted_key = f"{stored}-native", f"{stored}-fitted-{size}"
     for key in (native_key, fitted_key):
@@ -200,20 +202,25 @@ def decode_images(split: datasets.Dataset, image_column: str, label_column: str,
             if progress:
                 tqdm.write(f"read {len(tensors['labels'])} decoded images from {cache_dir}")
             return LabelledImages(tensors["images"], tensors["labels"])
-    decoded, fitted = _decode_split(split, image_column, label_column, size, progress)
+    decoded, fitted = _decode_split(split, image_column, label_column, size, progress, split_name)
     caches.store(cache_dir, fitted_key if fitted else native_key, {"images": decoded.images, "labels": decoded.labels})
     return decoded
 
 
 def _decode_split(split: datasets.Dataset, image_column: str, label_column: str, size: int,
-                  progress: bool) -> tuple[LabelledImages, bool]:
-    """The decoded split, and whether its images had to be fitted to size x size."""
+                  progress: bool, split_name: str) -> tuple[LabelledImages, bool]:
+    """The decoded split, and whether its images had to be fitted to size x size; a UserError naming the split and
+    row of an image that cannot be decoded."""
     raw = split.cast_column(image_column, datasets.Image(decode=False))
     arrays: list[np.ndarray] = []
     fitting = False
     for start in _progress(range(0, len(raw), DECODE_BATCH_ROWS), progress, "decode images"):
-        for record in raw[start:start + DECODE_BATCH_ROWS][image_column]:
-            image = _decode_image(record)
+        for row, record in enumerate(raw[start:start + DECODE_BATCH_ROWS][image_column], start):
+            try:
+                image = _decode_image(record)
+            except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+                raise UserError(f"split {split_name!r} row {row}: its {image_column!r} cannot be decoded as an image "
+                                f"({type(error).__name__}); fix or drop that row") from error
             if fitting:
                 arrays.append(_fit(image, size))
                 continue
@@ -335,10 +342,14 @@ def decode_dataset(dataset_dict: datasets.DatasetDict, train_split: str, test_sp
                    label_column: str, class_names: list[str], image_size: int, cache_folder: Path | None = None,
                    progress: bool = False) -> DecodedData:
     """Decode the train and test splits once (or read them from cache_folder), their labels checked."""
-    train, test = (decode_images(dataset_dict[split_name], image_column, label_column, image_size, progress, cache_folder)
-                   for split_name in (train_split, test_split))
+    train, test = (decode_images(dataset_dict[split_name], image_column, label_column, image_size, progress, cache_folder,
+                                 split_name) for split_name in (train_split, test_split))
     for split_name, split in ((train_split, train), (test_split, test)):
-        if split.labels.min() < 0 or split.labels.max() >= len(class_names):
-            raise UserError(f"split {split_name!r} has labels outside 0..{len(class_names) - 1} (unlabelled "
-                            "rows?); pick labelled splits with --train-split / --test-split")
+        outside = (split.labels < 0) | (split.labels >= len(class_names))
+        if outside.any():
+            values = sorted(set(split.labels[outside].tolist()))
+            rows = torch.nonzero(outside).flatten()[:5].tolist()
+            raise UserError(f"split {split_name!r} has labels {values[:10]} outside 0..{len(class_names) - 1} (rows "
+                            f"{rows}{', ...' if int(outside.sum()) > 5 else ''}; unlabelled rows?); pick labelled "
+                            "splits with --train-split / --test-split")
     return DecodedData(train, test, class_names, image_column, label_column)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from tl_space.app import teach as teaching
-from tl_space.app.limits import limit_waiting_per_session
+from tl_space.app.limits import NOT_UPLOADED, limit_waiting_per_session, refuse_files_not_uploaded
 from tl_space.app.storage import storage
 from tl_space.app.compare import MAX_COMPARED, Comparison, TestSample, disagreements
 from tl_space.app import explain as explaining
@@ -46,7 +46,6 @@ MAX_WAITING_PER_SESSION = 2
 DELETE_CACHE = (600, 3600)
 # Requests waiting at most: past this, a visitor is told the Space is busy instead of waiting minutes.
 QUEUE_MAX_SIZE = 64
-NOT_UPLOADED = "This file was not uploaded to this app; upload the image again."
 logger = logging.getLogger("tl_space.app")
 
 
@@ -308,6 +307,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
             add_compare_tab(comparison)
     demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
     limit_waiting_per_session(demo, MAX_WAITING_PER_SESSION)
+    refuse_files_not_uploaded(demo)
     return demo
 
 

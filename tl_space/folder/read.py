@@ -20,6 +20,7 @@ from torch import nn
 from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn with timm)
 from tl_space.errors import UserError
 from tl_space.folder import metrics as metrics_schema
+from tl_space.folder.fields import check_served_fields
 from tl_space.folder.files import (CONFIG_FILE, METRICS_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE, PICKLED_WEIGHTS,
                                    REPORT_PLOTS, STUDY_FILE, WEIGHTS_FILE, read_json)
 from tl_space.hub import display_name, resolve_folder
@@ -198,8 +199,9 @@ def load_model_folder(source: str, study_source: str | None = None) -> LoadedMod
                         "tl_space.study")
     model = load_model(folder, name)
     label_names = label_names_of(model, name)
-    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
     metrics = metrics_schema.check_metrics(read_json(folder / METRICS_FILE, {}, name), name)
+    check_served_fields(model.pretrained_cfg, metrics, name)
+    preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
     misclassified, mistake_images = check_mistakes(folder, read_json(folder / MISCLASSIFIED_FILE, [], name),
                                                    label_names, name)
     return LoadedModel(model, label_names, preprocessing, metrics, misclassified, folder, source, study_folder,

@@ -82,6 +82,16 @@ def ema_model_state(directory: Path) -> dict[str, torch.Tensor] | None:
     return load_file(str(path)) if path.is_file() else None
 
 
+def only_unfinished_checkpoints(folder: Path, name: str) -> bool:
+    """Whether folder holds nothing but checkpoint folders (name, name.old, name.partial, or a staging copy) with no
+    whole checkpoint among them: what a run killed during its first checkpoint leaves."""
+    entries = list(folder.iterdir())
+    ours = {name, name + ".old", name + ".partial"}
+    return bool(entries) and all(entry.is_dir() and (entry.name in ours or (entry.name.startswith(f".{name}")
+                                                                           and atomic.STAGING_MARK in entry.name))
+                                 for entry in entries) and find_checkpoint(folder / name) is None
+
+
 def discard_checkpoint(directory: Path) -> None:
     for suffix in ("", ".old", ".partial"):
         shutil.rmtree(directory.with_name(directory.name + suffix), ignore_errors=True)

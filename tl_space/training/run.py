@@ -129,6 +129,12 @@ def check_output_dir(output_dir: Path, published_settings: dict, overwrite: bool
     if not any(output_dir.iterdir()):
         return output_dir
     progress = checkpoint.read_progress(output_dir / CHECKPOINT_DIR)
+    if progress is None and checkpoint.only_unfinished_checkpoints(output_dir, CHECKPOINT_DIR):
+        # Killed while writing its first checkpoint: nothing of it can be resumed, and nothing else is there to lose.
+        print(f"{output_dir}: the run stopped before its first checkpoint was whole; starting it again",
+              file=sys.stderr)
+        checkpoint.discard_checkpoint(output_dir / CHECKPOINT_DIR)
+        return output_dir
     if progress is not None:
         if not resume:
             raise UserError(f"--output-dir {str(output_dir)!r} holds an unfinished run (saved after epoch "

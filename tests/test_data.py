@@ -187,5 +187,5 @@ def test_decoding_rejects_unlabelled_rows(tmp_path):
         "train": datasets.Dataset.from_dict({"img": pixels, "label": [0, 1, 0, 1]}, features=features),
         "test": datasets.Dataset.from_dict({"img": pixels, "label": [-1, -1, -1, -1]}, features=features),
     })
-    with pytest.raises(UserError, match="labels outside 0..1"):
+    with pytest.raises(UserError, match=r"labels \[-1\] outside 0..1 \(rows \[0, 1, 2, 3\]"):
         data.decode_dataset(dataset_dict, "train", "test", "img", "label", ["a", "b"], 4)

@@ -25,6 +25,7 @@ def test_model_card_parses_back_with_the_test_accuracy(trained):
 
 def test_the_card_and_the_app_report_say_the_same_about_the_run(trained):
     from tl_space.folder.summary import run_summary
+    from tl_space.markdown import code, text
     metrics = json.loads((trained / "metrics.json").read_text())
     card = ModelCard.load(trained / "README.md")
-    assert all(paragraph in card.text for paragraph in run_summary(metrics))
+    assert all(paragraph in card.text for paragraph in run_summary(metrics, code, text))  # as the app escapes them

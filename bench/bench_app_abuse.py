@@ -61,12 +61,27 @@ def storage_mb(folder: Path) -> float:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20
 
 
+def classify_latencies(url: str, path: Path, count: int) -> list[float]:
+    client = Client(url, verbose=False)
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.predict(handle_file(str(path)), api_name="/classify")
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "model"))
     parser.add_argument("--megapixels", type=float, default=49)
     parser.add_argument("--teaches", type=int, default=50)
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=20, help="/classify calls of the other client")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-abuse-"))
     small = images(work / "small", 32)
@@ -96,6 +111,21 @@ def main() -> None:
         print(f"\n| storage of the app's folder | MB |\n|---|---|\n| after 1 teach (baseline) | {one:.1f} |\n"
               f"| after {args.teaches} more teaches in one session | {in_one_session:.1f} |\n"
               f"| after one teach in each of {args.sessions} more sessions | {across:.1f} |")
+        alone = classify_latencies(url, small[0], args.requests)
+        flooder = Client(url, verbose=False)
+        heavy = [handle_file(str(path)) for path in huge]
+        jobs = [flooder.submit(heavy, api_name="/classify_many") for _ in range(20)]
+        flooded = classify_latencies(url, small[0], args.requests)
+        refused = 0
+        for job in jobs:
+            try:
+                job.result(timeout=600)
+            except Exception:  # the refusals are what is counted
+                refused += 1
+        print(f"\n| another client's /classify ({args.requests} calls) | p50 (ms) | p95 (ms) |\n|---|---|---|\n"
+              f"| alone (baseline) | {percentile(alone, 50):.0f} | {percentile(alone, 95):.0f} |\n"
+              f"| while one session floods 20 /classify_many of 16 {args.megapixels:.0f}-MP images ({refused} "
+              f"refused) | {percentile(flooded, 50):.0f} | {percentile(flooded, 95):.0f} |")
 
 
 if __name__ == "__main__":

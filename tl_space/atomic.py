@@ -99,7 +99,8 @@ def _writer_pid(path: Path) -> int | None:
         return None
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process of that id runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,7 +117,7 @@ def is_stale(path: Path, now: float | None = None) -> bool:
         age = (now or time.time()) - path.lstat().st_mtime
     except FileNotFoundError:
         return False
-    return pid is None or not _running(pid) or age > STALE_SECONDS
+    return pid is None or not process_running(pid) or age > STALE_SECONDS
 
 
 def remove_stale_staging(target: Path) -> list[Path]:

@@ -50,15 +50,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def centre_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred square of a width x height image, as a PIL box."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def centre_square(image: Image.Image, side: int) -> Image.Image:
     """The centre square of a loaded image (all the model and the heatmaps ever look at), shrunk by an integer factor
     to between side and 2 * side pixels wide when larger: Image.reduce reads only that box into a small new image."""
-    width, height = image.size
-    square = min(width, height)
-    left, top = (width - square) // 2, (height - square) // 2
     if image.mode not in REDUCIBLE_MODES:
         image = _to_rgb(image)
-    return image.reduce(max(1, square // side), (left, top, left + square, top + square))
+    return image.reduce(max(1, min(image.size) // side), centre_box(*image.size))
 
 
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, side: int | None = None) -> Image.Image:
@@ -107,10 +111,8 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS, side
 
 def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """A (1, 3, H, W) uint8 tensor: the centre square, shrunk with PIL's antialiasing when larger than size."""
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = image.crop((left, top, left + side, top + side))
+    square = image.crop(centre_box(*image.size))
+    side = square.width
     if side > size:  # smaller images are enlarged on the tensor, as in training
         square = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1).unsqueeze(0)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from gradio.utils import get_upload_folder
 
+from tl_space.atomic import process_running
+
 ROOT_NAME = "tl-space"
 # What visitors' taught models and tables may hold on disk at once, in all; TAUGHT_STORAGE_MB changes it.
 MAX_STORED_BYTES = 1024 * 1024 * 1024
@@ -27,22 +29,13 @@ def app_root() -> Path:
     return Path(get_upload_folder()) / ROOT_NAME
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_leftovers(root: Path | None = None) -> int:
     """Remove the folders of app processes that are gone (killed before their exit could); returns how many."""
     root = root or app_root()
     removed = 0
     for folder in root.glob("*") if root.is_dir() else []:
-        if folder.is_dir() and folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
+        gone = folder.name.isdigit() and int(folder.name) != os.getpid() and not process_running(int(folder.name))
+        if folder.is_dir() and gone:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed

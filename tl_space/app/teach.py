@@ -162,8 +162,9 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
     not_cross_validated = can_cross_validate(counts)
     with one_thread():
         weight, bias = fit_head(features, labels, len(names))
+        own_logits = features @ weight.T + bias  # the final head on the images it was fitted on
         if not_cross_validated:
-            fitted, means, folds = features @ weight.T + bias, None, 0
+            fitted, means, folds = own_logits, None, 0
         else:
             fitted, means, folds = cross_validated_logits(features, labels, len(names))
     if not_cross_validated:
@@ -176,7 +177,7 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
     summary = {"classes": names, "images_per_class": dict(zip(names, counts)),
                "cross_validated_accuracy": None if not_cross_validated else accuracy(fitted, labels),
                "class_mean_accuracy": None if means is None else accuracy(means, labels),
-               "taught_images_accuracy": accuracy(features @ weight.T + bias, labels),
+               "taught_images_accuracy": accuracy(own_logits, labels),
                "chance": max(counts) / len(labels), "folds": folds, "not_cross_validated": not_cross_validated,
                "temperature": report["temperature"], "not_calibrated": report.get("skipped"),
                "seconds": round(time.perf_counter() - started, 2), "skipped": skipped,

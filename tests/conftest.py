@@ -47,6 +47,25 @@ def make_dataset_folder(folder: Path, train_per_class: int = 40, test_per_class:
     return folder
 
 
+def make_image_folder(folder: Path, per_class: int = 24, size: int = 20) -> Path:
+    """AutoTrain's usual layout: one folder of PNGs per class, no split folders (so no test split)."""
+    images, labels = colour_images(per_class, size, seed=2)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        class_folder = folder / CLASS_NAMES[label]
+        class_folder.mkdir(parents=True, exist_ok=True)
+        image.save(class_folder / f"{index:04d}.png")
+    return folder
+
+
+def add_validation_split(folder: Path, per_class: int = 5, name: str = "validation", size: int = 16) -> Path:
+    """A parquet folder from make_dataset_folder with a validation split of its own beside train and test."""
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    images, labels = colour_images(per_class, size, seed=3)
+    datasets.Dataset.from_dict({"img": images, "label": labels}, features=features).to_parquet(
+        str(folder / "plain_text" / f"{name}-00000-of-00001.parquet"))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset_folder(tmp_path_factory.mktemp("tiny-cifar"))

@@ -216,14 +216,13 @@ def _dataset_with(tmp_path: Path, bad_image: bool, bad_label: int | None) -> Pat
 
 
 def test_a_corrupt_training_image_and_an_unknown_label_are_named(tmp_path, pretrained_file):
-    from tl_space.data import open_dataset, decode_dataset
+    from tl_space.data import decode_splits, open_splits
 
-    dataset_dict, image_column, label_column, class_names = open_dataset(
-        str(_dataset_with(tmp_path / "image", bad_image=True, bad_label=None)))
+    opened = open_splits(str(_dataset_with(tmp_path / "image", bad_image=True, bad_label=None)))
     with pytest.raises(UserError, match=r"split 'train' row 7: .*cannot be decoded"):
-        decode_dataset(dataset_dict, "train", "test", image_column, label_column, class_names, 32)
+        decode_splits(opened, 32)
     with pytest.raises(UserError, match=r"among them \[15\]"):
-        open_dataset(str(_dataset_with(tmp_path / "label", bad_image=False, bad_label=15)))
+        open_splits(str(_dataset_with(tmp_path / "label", bad_image=False, bad_label=15)))
 
 
 def test_duplicate_blank_and_too_many_are_refused_or_named(served, tmp_path):

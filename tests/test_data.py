@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASS_NAMES, make_dataset_folder
+from conftest import CLASS_NAMES, add_validation_split, colour_images, make_dataset_folder, make_image_folder
 
 THREE_CLASSES = ["red", "green", "blue"]
 from tl_space import data
@@ -183,9 +183,53 @@ def test_too_many_shots_names_the_class_and_the_limit():
 def test_decoding_rejects_unlabelled_rows(tmp_path):
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
     pixels = [Image.fromarray(np.zeros((4, 4, 3), np.uint8))] * 4
-    dataset_dict = datasets.DatasetDict({
+    datasets.DatasetDict({
         "train": datasets.Dataset.from_dict({"img": pixels, "label": [0, 1, 0, 1]}, features=features),
         "test": datasets.Dataset.from_dict({"img": pixels, "label": [-1, -1, -1, -1]}, features=features),
-    })
+    }).save_to_disk(str(tmp_path / "unlabelled"))
     with pytest.raises(UserError, match=r"labels \[-1\] outside 0..1 \(rows \[0, 1, 2, 3\]"):
-        data.decode_dataset(dataset_dict, "train", "test", "img", "label", ["a", "b"], 4)
+        data.decode_splits(data.open_splits(str(tmp_path / "unlabelled")), 4)
+
+
+def test_a_datasets_own_validation_split_is_used_and_named(tmp_path):
+    folder = add_validation_split(make_dataset_folder(tmp_path / "with-val", train_per_class=10, test_per_class=3))
+    opened = data.open_splits(str(folder))
+    assert opened.sources == data.SplitSources("train", "validation", "test", 42)
+    assert (len(opened.train), len(opened.validation), len(opened.test)) == (60, 30, 18)
+    decoded = data.decode_splits(opened, 16)
+    train, val, _ = data.split_data(decoded.train, decoded.test, CLASS_NAMES, val_size=None, shots_per_class=None,
+                                    train_fraction=None, max_train_samples=None, max_eval_samples=None, seed=0,
+                                    val=decoded.val)
+    assert len(train) == 60 and torch.equal(val.images, decoded.val.images)  # nothing taken out of train
+    assert "the dataset's 'validation' split (30 images)" in opened.sources.describe(30, 18)["validation"]
+
+
+def test_validation_split_names_a_split_and_a_wrong_name_lists_those_there(tmp_path):
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    images, labels = colour_images(3, 8, seed=0)
+    split = datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
+    datasets.DatasetDict({"train": split, "holdout": split, "test": split}).save_to_disk(str(tmp_path / "saved"))
+    assert data.open_splits(str(tmp_path / "saved")).validation is None  # a name only --validation-split picks
+    assert len(data.open_splits(str(tmp_path / "saved"), validation_split="holdout").validation) == 18
+    with pytest.raises(UserError, match=r"--validation-split 'valid' is not a split .*; it has \['train', 'holdout', 'test'\]"):
+        data.open_splits(str(tmp_path / "saved"), validation_split="valid")
+
+
+def test_a_folder_of_class_folders_gets_a_stratified_seeded_test_split_carved_by_datasets(tmp_path):
+    folder = make_image_folder(tmp_path / "classes", per_class=20)
+    opened = data.open_splits(str(folder), carve_seed=7)
+    assert opened.sources.test is None and opened.validation is None
+    test_labels = np.asarray(opened.test[opened.label_column])
+    assert len(opened.test) == 24 and np.bincount(test_labels).tolist() == [4] * 6  # 20% of each class
+    assert len(opened.train) == 96
+    again = data.open_splits(str(folder), carve_seed=7)
+    assert again.test["image"][0].tobytes() == opened.test["image"][0].tobytes()  # seeded
+    assert "20% of 'train' carved out" in opened.sources.describe(10, 24)["test"]
+    with pytest.raises(UserError, match=r"--test-split 'holdout' is not a split"):
+        data.open_splits(str(folder), test_split="holdout")
+
+
+def test_a_class_too_small_to_carve_a_test_split_from_is_named(tmp_path):
+    folder = make_image_folder(tmp_path / "one-each", per_class=1)
+    with pytest.raises(UserError, match=r"too small to carve a stratified 20% test split"):
+        data.open_splits(str(folder))

@@ -14,8 +14,9 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from PIL import Image
 
-from conftest import CLASS_NAMES, TINY_MODEL
+from conftest import CLASS_NAMES, TINY_MODEL, add_validation_split, make_dataset_folder, make_image_folder
 from tl_space import data
+from tl_space.markdown import text
 from tl_space.strategies import NAMES, STRATEGIES as STRATEGY_TABLE
 
 STRATEGIES = [name for name in NAMES if STRATEGY_TABLE[name].trains_at_all]  # the five that train
@@ -350,7 +351,7 @@ def test_the_run_says_how_long_each_stage_will_take_before_training(tiny_dataset
     out = capsys.readouterr().out
     estimate = next(line for line in out.splitlines() if line.startswith("estimated training time on this cpu"))
     assert "linear-probe: 2 epoch(s)" in estimate and "finetune: 1 epoch(s)" in estimate
-    assert out.index("estimated training time") < out.index("epoch 1 (linear-probe)")
+    assert out.index("estimated training time") < out.index("epoch 1 (linear-probe 1/2)")
 
 
 def test_a_vision_transformer_trains_at_another_size_and_the_app_serves_it(tiny_dataset, tmp_path):
@@ -416,3 +417,44 @@ def test_progressive_resizing_trains_small_images_first_and_validates_at_the_ful
     assert {size for training, size in sizes if not training} == {64}  # the estimate, validation and test
     with pytest.raises(UserError, match="--progressive-resize 64 must be smaller than the image size it grows to, 64"):
         run(tiny_settings(tiny_dataset, tmp_path / "too-big", pretrained_file, image_size=64, progressive_resize=64))
+
+
+def test_epoch_counters_count_each_stages_own_epochs(tiny_dataset, pretrained_file, tmp_path, capsys):
+    run(tiny_settings(tiny_dataset, tmp_path / "counters", pretrained_file, strategy="lp-ft", epochs=1, probe_epochs=2))
+    captured = capsys.readouterr()
+    assert "finetune epoch 1/1" in captured.err and "finetune epoch 3/" not in captured.err
+    assert "linear-probe epoch 2/2" in captured.err
+    assert "epoch 3 (finetune 1/1)" in captured.out
+
+
+def test_a_datasets_validation_split_is_validated_on_and_named_in_metrics_and_card(pretrained_file, tmp_path, capsys):
+    dataset = add_validation_split(make_dataset_folder(tmp_path / "with-val", train_per_class=10, test_per_class=4))
+    folder = run(tiny_settings(dataset, tmp_path / "run", pretrained_file, val_size=None, epochs=1))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["data"]["train_images"] == 60 and metrics["data"]["val_images"] == 30  # nothing held out of train
+    assert metrics["data"]["validation_source"] == "the dataset's 'validation' split (30 images)"
+    assert "validation: the dataset's 'validation' split (30 images)" in capsys.readouterr().out
+    card = (folder / "README.md").read_text()
+    assert f"| validation images | {text(metrics['data']['validation_source'])} |" in card
+    with pytest.raises(UserError, match=r"--val-size 30 holds images out of train, but the dataset has its own "
+                                        r"'validation' split"):
+        run(tiny_settings(dataset, tmp_path / "both", pretrained_file, epochs=1))
+
+
+def test_a_folder_of_class_folders_trains_end_to_end_on_the_cpu_defaults(pretrained_file, tmp_path, capsys):
+    """AutoTrain's layout, 24 images per class and no test folder; every option but the model left to the machine."""
+    dataset = make_image_folder(tmp_path / "classes", per_class=24)
+    folder = run(TrainSettings(dataset=str(dataset), model=TINY_MODEL, pretrained_file=str(pretrained_file),
+                               image_size=32, output_dir=str(tmp_path / "run"), cache_dir="none"))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    data_record = metrics["data"]
+    # datasets' train_test_split rounds the test share up: 29 of 144; then 10% of the other 115 validate.
+    assert data_record["test_images"] == 29 and data_record["carved_test_fraction"] == 0.2
+    assert data_record["val_images"] == 11 and data_record["train_images"] == 104
+    assert min(data_record["train_images_per_class"].values()) >= 16  # stratified: every class keeps its share
+    assert data_record["test_source"].startswith("29 images, 20% of 'train' carved out (stratified, seed 42)")
+    assert metrics["calibration"]["temperature"] == 1.0 and "11 validation images" in metrics["calibration"]["skipped"]
+    assert metrics["settings"]["strategy"] == "lp-ft" and metrics["test"]["accuracy"] > 1 / 6
+    card = (folder / "README.md").read_text()
+    assert f"| test images | {text(data_record['test_source'])} |" in card
+    assert f"| calibration | {text(metrics['calibration']['skipped'])} |" in card

@@ -23,6 +23,11 @@ IMAGE_COLUMN_NAMES = ("img", "image", "images", "pixel_values")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "coarse_label", "class")
 # Parquet and Arrow decoding: rows handled per batch, to bound memory while decoding.
 DECODE_BATCH_ROWS = 2048
+# A dataset's own validation split, by the names the Hub's datasets give it, in this order.
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val")
+DEFAULT_TEST_SPLIT = "test"
+# The share of train carved out as the test split of a dataset that has none (AutoTrain's and the HF examples' 20%).
+CARVED_TEST_FRACTION = 0.2
 
 
 @dataclass
@@ -41,11 +46,44 @@ class LabelledImages:
         return LabelledImages(self.images[indices], self.labels[indices], features)
 
 
+@dataclass(frozen=True)
+class SplitSources:
+    """Where a run's validation and test images come from: the dataset's own splits, or carved out of train."""
+
+    train: str
+    validation: str | None  # the dataset's validation split; None: --val-size images held out of train
+    test: str | None  # the dataset's test split; None: CARVED_TEST_FRACTION of train, stratified
+    carve_seed: int  # the seed of what is carved out of train (the test share and the validation hold-out)
+
+    def describe(self, val_images: int, test_images: int) -> dict[str, str]:
+        """A sentence for each of validation and test, for the log, metrics.json and the card."""
+        validation = (f"the dataset's {self.validation!r} split ({val_images:,} images)" if self.validation else
+                      f"{val_images:,} images held out of {self.train!r} (stratified, seed {self.carve_seed})")
+        test = (f"the dataset's {self.test!r} split ({test_images:,} images)" if self.test else
+                f"{test_images:,} images, {CARVED_TEST_FRACTION:.0%} of {self.train!r} carved out (stratified, seed "
+                f"{self.carve_seed}): the dataset has no {DEFAULT_TEST_SPLIT!r} split")
+        return {"validation": validation, "test": test}
+
+
+@dataclass
+class OpenedSplits:
+    """A dataset opened (nothing decoded yet): its train, validation (if it has one) and test splits, columns, classes."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    test: datasets.Dataset
+    image_column: str
+    label_column: str
+    class_names: list[str]
+    sources: SplitSources
+
+
 @dataclass
 class DecodedData:
-    """A dataset's train and test splits decoded once, before any hold-out or subset is taken."""
+    """A dataset's splits decoded once, before any hold-out or subset is taken; val is None without its own split."""
 
     train: LabelledImages
+    val: LabelledImages | None
     test: LabelledImages
     class_names: list[str]
     image_column: str
@@ -53,9 +91,9 @@ class DecodedData:
 
     def without_features(self) -> "DecodedData":
         """The same images and labels, without features (those belong to one run's model)."""
-        return DecodedData(LabelledImages(self.train.images, self.train.labels),
-                           LabelledImages(self.test.images, self.test.labels),
-                           self.class_names, self.image_column, self.label_column)
+        plain = [None if split is None else LabelledImages(split.images, split.labels)
+                 for split in (self.train, self.val, self.test)]
+        return DecodedData(*plain, self.class_names, self.image_column, self.label_column)
 
 
 @dataclass(frozen=True)
@@ -63,8 +101,7 @@ class DecodedKey:
     """What decoded data depends on: where it came from, which splits and columns, and the size images were fitted to."""
 
     dataset: str
-    train_split: str
-    test_split: str
+    sources: SplitSources
     image_column: str | None
     label_column: str | None
     image_size: int
@@ -283,14 +320,16 @@ def few_shot_counts(labels: torch.Tensor, class_names: list[str], shots_per_clas
 
 
 def default_val_size(train_size: int) -> int:
-    return min(5000, train_size // 10)
+    """10% of train, at most 5000, and at least one image (a folder of a few dozen images still validates)."""
+    return max(1, min(5000, train_size // 10))
 
 
 def split_data(train: LabelledImages, test: LabelledImages, class_names: list[str], *, val_size: int | None,
                shots_per_class: int | None, train_fraction: float | None, max_train_samples: int | None,
-               max_eval_samples: int | None, seed: int,
-               split_seed: int | None = None) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
-    """Train/val/test: a stratified validation hold-out, then few-shot and size caps, all seeded.
+               max_eval_samples: int | None, seed: int, split_seed: int | None = None,
+               val: LabelledImages | None = None) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """Train/val/test: a stratified validation hold-out (unless the dataset's own val is given), then few-shot and
+    size caps, all seeded.
 
     split_seed, when given, alone decides the validation and test images; seed then only picks the training subset.
     """
@@ -298,12 +337,14 @@ def split_data(train: LabelledImages, test: LabelledImages, class_names: list[st
     # Without split_seed one generator draws everything, in the order runs have always drawn it.
     subset_generator = generator if split_seed is None else torch.Generator().manual_seed(seed)
     num_classes = len(class_names)
-    val_size = default_val_size(len(train)) if val_size is None else val_size
-    if not 0 < val_size < len(train):
-        raise UserError(f"--val-size {val_size} must be between 1 and {len(train) - 1} "
-                        f"(the train split has {len(train)} images)")
-    val_indices, train_indices = stratified_pick(train.labels, stratified_counts(train.labels, num_classes, val_size), generator)
-    val, train = train.subset(val_indices), train.subset(train_indices)
+    if val is None:
+        val_size = default_val_size(len(train)) if val_size is None else val_size
+        if not 0 < val_size < len(train):
+            raise UserError(f"--val-size {val_size} must be between 1 and {len(train) - 1} "
+                            f"(the train split has {len(train)} images)")
+        val_indices, train_indices = stratified_pick(train.labels, stratified_counts(train.labels, num_classes, val_size),
+                                                     generator)
+        val, train = train.subset(val_indices), train.subset(train_indices)
 
     counts = few_shot_counts(train.labels, class_names, shots_per_class, train_fraction)
     if counts is not None:
@@ -324,32 +365,86 @@ def _first(split: LabelledImages, limit: int, num_classes: int, generator: torch
 
 
 def open_dataset(dataset: str, image_column: str | None = None, label_column: str | None = None,
-                 train_split: str = "train", test_split: str = "test") -> tuple[datasets.DatasetDict, str, str, list[str]]:
-    """Load a dataset (nothing decoded yet) and find its image column, label column and class names."""
+                 train_split: str = "train", test_split: str = DEFAULT_TEST_SPLIT
+                 ) -> tuple[datasets.DatasetDict, str, str, list[str]]:
+    """open_splits' train and test as a DatasetDict under those names, the image and label columns, the class names."""
+    opened = open_splits(dataset, image_column, label_column, train_split, test_split=test_split)
+    splits = datasets.DatasetDict({train_split: opened.train, test_split: opened.test})
+    return splits, opened.image_column, opened.label_column, opened.class_names
+
+
+def open_splits(dataset: str, image_column: str | None = None, label_column: str | None = None,
+                train_split: str = "train", validation_split: str | None = None,
+                test_split: str = DEFAULT_TEST_SPLIT, carve_seed: int = 42) -> OpenedSplits:
+    """Open a dataset's train, validation and test splits: its own where it has them (validation by --validation-split
+    or one of VALIDATION_SPLIT_NAMES); a dataset without a test split (an imagefolder of class folders) gets
+    CARVED_TEST_FRACTION of train, stratified by label and seeded, carved out by `datasets` itself."""
     dataset_dict = load_dataset_dict(dataset)
-    for option, split_name in (("--train-split", train_split), ("--test-split", test_split)):
+    splits = list(dataset_dict)
+    carve_test = test_split == DEFAULT_TEST_SPLIT and test_split not in dataset_dict
+    named = [("--train-split", train_split)] + ([] if carve_test else [("--test-split", test_split)])
+    if validation_split is not None:
+        named.append(("--validation-split", validation_split))
+    for option, split_name in named:
         if split_name not in dataset_dict:
-            raise UserError(f"{option} {split_name!r} is not a split of --dataset {dataset!r}; it has {list(dataset_dict)}")
+            raise UserError(f"{option} {split_name!r} is not a split of --dataset {dataset!r}; it has {splits}")
+    if validation_split is None:
+        validation_split = next((name for name in VALIDATION_SPLIT_NAMES
+                                 if name in dataset_dict and name not in (train_split, test_split)), None)
+    used = [train_split] + ([] if validation_split is None else [validation_split]) + ([] if carve_test else [test_split])
+    if len(set(used)) < len(used):
+        raise UserError(f"the train, validation and test splits must differ; they are {used}")
     image_column, label_column = find_columns(dataset_dict[train_split].features, image_column, label_column)
-    for split_name in (train_split, test_split):
+    for split_name in used:
         missing = {image_column, label_column} - set(dataset_dict[split_name].column_names)
         if missing:
             raise UserError(f"split {split_name!r} of --dataset {dataset!r} lacks the column(s) {sorted(missing)}")
-    return dataset_dict, image_column, label_column, class_names_of(dataset_dict[train_split], label_column)
+    train = dataset_dict[train_split]
+    class_names = class_names_of(train, label_column)
+    if carve_test:
+        train, test = _carve(train, label_column, class_names, CARVED_TEST_FRACTION, carve_seed, train_split)
+    else:
+        test = dataset_dict[test_split]
+    sources = SplitSources(train_split, validation_split, None if carve_test else test_split, carve_seed)
+    return OpenedSplits(train, None if validation_split is None else dataset_dict[validation_split], test,
+                        image_column, label_column, class_names, sources)
 
 
-def decode_dataset(dataset_dict: datasets.DatasetDict, train_split: str, test_split: str, image_column: str,
-                   label_column: str, class_names: list[str], image_size: int, cache_folder: Path | None = None,
-                   progress: bool = False) -> DecodedData:
-    """Decode the train and test splits once (or read them from cache_folder), their labels checked."""
-    train, test = (decode_images(dataset_dict[split_name], image_column, label_column, image_size, progress, cache_folder,
-                                 split_name) for split_name in (train_split, test_split))
-    for split_name, split in ((train_split, train), (test_split, test)):
-        outside = (split.labels < 0) | (split.labels >= len(class_names))
-        if outside.any():
-            values = sorted(set(split.labels[outside].tolist()))
-            rows = torch.nonzero(outside).flatten()[:5].tolist()
-            raise UserError(f"split {split_name!r} has labels {values[:10]} outside 0..{len(class_names) - 1} (rows "
-                            f"{rows}{', ...' if int(outside.sum()) > 5 else ''}; unlabelled rows?); pick labelled "
-                            "splits with --train-split / --test-split")
-    return DecodedData(train, test, class_names, image_column, label_column)
+def _carve(split: datasets.Dataset, label_column: str, class_names: list[str], fraction: float, seed: int,
+           split_name: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(the rest, the carved share) of a split, stratified by label: `datasets`' own train_test_split."""
+    counts = np.bincount(np.asarray(split[label_column], dtype=np.int64), minlength=len(class_names))
+    if len(split) * fraction < len(class_names) or counts.min() < 2:
+        smallest = class_names[int(counts.argmin())]
+        raise UserError(f"the dataset has no {DEFAULT_TEST_SPLIT!r} split, and {split_name!r} is too small to carve "
+                        f"a stratified {fraction:.0%} test split out of it ({len(split)} images for {len(class_names)} "
+                        f"classes; {smallest!r} has {int(counts.min())}); give each class at least "
+                        f"{1 / fraction:.0f} images (a test folder beside train works too), or name one with --test-split")
+    if not isinstance(split.features[label_column], datasets.ClassLabel):  # labels 0..K-1 (class_names_of checked)
+        split = split.cast_column(label_column, datasets.ClassLabel(names=class_names))
+    parts = split.train_test_split(test_size=fraction, stratify_by_column=label_column, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def decode_splits(opened: OpenedSplits, image_size: int, cache_folder: Path | None = None,
+                  progress: bool = False) -> DecodedData:
+    """Decode the opened splits once (or read them from cache_folder), their labels checked."""
+    named = [(opened.sources.train, opened.train), (opened.sources.validation, opened.validation),
+             (opened.sources.test or f"{opened.sources.train} (carved test)", opened.test)]
+    decoded = [None if split is None else decode_images(split, opened.image_column, opened.label_column, image_size,
+                                                        progress, cache_folder, name) for name, split in named]
+    for (split_name, _), split in zip(named, decoded):
+        if split is not None:
+            check_labels(split, split_name, opened.class_names)
+    return DecodedData(*decoded, opened.class_names, opened.image_column, opened.label_column)
+
+
+def check_labels(split: LabelledImages, split_name: str, class_names: list[str]) -> None:
+    """A UserError naming the labels outside 0..K-1 and their rows."""
+    outside = (split.labels < 0) | (split.labels >= len(class_names))
+    if outside.any():
+        values = sorted(set(split.labels[outside].tolist()))
+        rows = torch.nonzero(outside).flatten()[:5].tolist()
+        raise UserError(f"split {split_name!r} has labels {values[:10]} outside 0..{len(class_names) - 1} (rows "
+                        f"{rows}{', ...' if int(outside.sum()) > 5 else ''}; unlabelled rows?); pick labelled "
+                        "splits with --train-split / --validation-split / --test-split")

@@ -88,8 +88,11 @@ class TrainSettings:
                                      "named in the model folder and card instead of the local folder's name", run=False)
     image_column: str | None = option(None, "image column; if unset, found from the features (img, image, ...)")
     label_column: str | None = option(None, "label column; if unset, found from the features (label, fine_label, ...)")
-    train_split: str = option("train", "split to train (and hold validation images out of)")
-    test_split: str = option("test", "split evaluated once, at the end")
+    train_split: str = option("train", "split to train (and, without a validation split, hold validation images out of)")
+    validation_split: str | None = option(None, "split validated on after every epoch; if unset, the dataset's "
+                                          "validation, valid or val split, else --val-size images held out of train")
+    test_split: str = option("test", "split evaluated once, at the end; a dataset without a test split (a folder of "
+                             "class folders) has 20%% of train carved out, stratified and seeded by --split-seed")
     model: str | None = option(None, "any timm model name; its ImageNet weights come from the Hub unless "
                                      "--pretrained-file; if unset, the machine's default (below)")
     pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
@@ -153,7 +156,7 @@ class TrainSettings:
                                      "--seed. Runs that differ only in --seed then share validation and test images")
     train_fraction: float | None = option(None, "few-shot: keep this fraction of each class's training images, e.g. 0.1")
     shots_per_class: int | None = option(None, "few-shot: keep exactly this many training images per class, e.g. 50")
-    val_size: int | None = option(None, "images held out of the train split for per-epoch validation, stratified; if unset, 10%% of it, at most 5000")
+    val_size: int | None = option(None, "without a validation split: images held out of train for per-epoch validation, stratified; if unset, 10%% of it, at most 5000")
     min_epoch_images: int = option(0, "few-shot: an epoch goes over a small training set again and again until it has "
                                       "shown this many images, so tiny subsets get steps, not just validations; "
                                       "0: each image once per epoch")

@@ -44,11 +44,16 @@ tl-space by transfer learning: **{{ strategy }}** of the timm model
 |---|---|
 | strategy | {{ strategy }} |
 | epochs | {{ epochs_run }} |
+| test images | {{ test_source }} |
 | image size | {{ image_size }} px ({{ interpolation }} resize, mean {{ mean }}, std {{ std }}) |
 | training images | {{ train_images }} (validation: {{ val_images }}) |
 | BatchNorm while training | {{ batchnorm }} |
 | trainable parameters | {{ "{:,}".format(trainable_parameters) }} of {{ "{:,}".format(total_parameters) }} |
-| batch size, lr, weight decay | {{ batch_size }}, {{ lr }}, {{ weight_decay }} |
+| batch size | {{ batch_size }} |
+| learning rate | {{ lr }} |
+| weight decay | {{ weight_decay }} |
+| validation images | {{ validation_source }} |
+| calibration | {{ calibration_note }} |
 | hardware | {{ hardware }} |
 | wall time | {{ "%.1f" | format(total_minutes) }} min ({{ "%.0f" | format(images_per_second) }} training images/s) |
 
@@ -101,7 +106,8 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         eval_results=[EvalResult(task_type="image-classification", task_name="Image Classification",
                                  dataset_type=dataset_id or settings["dataset"],
                                  dataset_name=dataset_id or Path(settings["dataset"]).name,
-                                 dataset_split=settings["test_split"], metric_type="accuracy", metric_name="Accuracy",
+                                 dataset_split=settings["train_split"] if metrics["data"].get("carved_test_fraction")
+                                 else settings["test_split"], metric_type="accuracy", metric_name="Accuracy",
                                  metric_value=round(test["accuracy"], 4))],
     )
     preprocessing, hardware = metrics["preprocessing"], metrics["hardware"]
@@ -127,12 +133,33 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         batchnorm=BATCHNORM_WORDS[keeps_batchnorm_statistics(STRATEGIES[settings["strategy"]],
                                                              settings.get("batchnorm", "batch"))],
         trainable_parameters=metrics["trainable_parameters"], total_parameters=metrics["total_parameters"],
-        batch_size=settings["batch_size"], lr=", ".join(sorted({str(entry["lr"]) for entry in metrics["history"]})),
+        batch_size=settings["batch_size"], lr=stage_learning_rates(metrics["history"]),
+        # Folders written before the dataset's own splits were used held validation out of train, tested on "test".
+        test_source=text(metrics["data"].get("test_source", f"the dataset's {settings['test_split']!r} split")),
+        validation_source=text(metrics["data"].get("validation_source", "held out of train")),
+        calibration_note=text(calibration_note(metrics.get("calibration"))),
         weight_decay=settings["weight_decay"],
         hardware=f"{device} × {hardware['processes']} process(es), mixed precision {hardware['mixed_precision']}",
         total_minutes=metrics["timing"]["total_seconds"] / 60,
         images_per_second=metrics["timing"]["train_images_per_second"],
     )
+
+
+def calibration_note(calibration: dict | None) -> str:
+    """The card's calibration row: the temperature and what it was fitted on, or why there is none."""
+    if not calibration:
+        return "none"
+    if calibration.get("skipped"):
+        return calibration["skipped"]
+    return f"temperature {float(calibration['temperature']):.3f}, fitted on the {calibration['fitted_on']}"
+
+
+def stage_learning_rates(history: list[dict]) -> str:
+    """Each stage's peak learning rate, in the order the stages ran ("linear-probe: L-BFGS, finetune: 0.0001")."""
+    rates = {}
+    for entry in history:
+        rates.setdefault(entry["stage"], "L-BFGS" if entry.get("lr") is None else str(entry["lr"]))
+    return ", ".join(f"{stage}: {rate}" for stage, rate in rates.items()) or "none (nothing trained)"
 
 
 def write_model_card(folder: Path, metrics: dict, misclassified: list[dict]) -> Path:

@@ -144,13 +144,16 @@ def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRu
 
 def smallest_training_class(training_settings: TrainSettings) -> int:
     """Images in the smallest class after the validation hold-out: the largest shot size the data allows."""
-    dataset_dict, _, label_column, class_names = data_module.open_dataset(
+    opened = data_module.open_splits(
         training_settings.dataset, training_settings.image_column, training_settings.label_column,
-        training_settings.train_split, training_settings.test_split)
-    labels = torch.tensor(dataset_dict[training_settings.train_split][label_column], dtype=torch.int64)
+        training_settings.train_split, training_settings.validation_split, training_settings.test_split,
+        carve_seed=training_settings.seed)
+    labels = torch.tensor(opened.train[opened.label_column], dtype=torch.int64)
+    class_sizes = torch.bincount(labels, minlength=len(opened.class_names))
+    if opened.validation is not None:  # validated on its own split: nothing is held out of train
+        return int(class_sizes.min())
     val_size = training_settings.val_size or data_module.default_val_size(len(labels))
-    held_out = data_module.stratified_counts(labels, len(class_names), val_size)
-    return int((torch.bincount(labels, minlength=len(class_names)) - held_out).min())
+    return int((class_sizes - data_module.stratified_counts(labels, len(opened.class_names), val_size)).min())
 
 
 def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:

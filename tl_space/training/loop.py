@@ -162,7 +162,8 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
         seen = torch.zeros((), device=accelerator.device)
-        progress = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{last_epoch}",
+        # Counted within the stage, as its --epochs / --probe-epochs were given; the history numbers the run's epochs.
+        progress = tqdm(loader, desc=f"{stage.name} epoch {epoch - first_epoch + 1}/{stage.epochs}",
                         disable=not accelerator.is_local_main_process)
         for step, indices in enumerate(progress, start=1):
             indices = indices.to(accelerator.device)
@@ -206,7 +207,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         history.append(entry)
         accelerator.log({k: v for k, v in entry.items() if k != "stage"}, step=epoch)
         if accelerator.is_main_process:
-            tqdm.write(f"epoch {epoch} ({stage.name}): train loss {entry['train_loss']:.4f} "
+            tqdm.write(f"epoch {epoch} ({stage.name} {epoch - first_epoch + 1}/{stage.epochs}): train loss {entry['train_loss']:.4f} "
                        f"acc {entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} "
                        f"acc {entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
         if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:

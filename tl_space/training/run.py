@@ -253,8 +253,13 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     set_seed(settings.seed)
     started = time.perf_counter()
     model_module.check_model_name(settings.model)
-    dataset_dict, image_column, label_column, class_names = data_module.open_dataset(
-        settings.dataset, settings.image_column, settings.label_column, settings.train_split, settings.test_split)
+    opened = data_module.open_splits(settings.dataset, settings.image_column, settings.label_column,
+                                     settings.train_split, settings.validation_split, settings.test_split,
+                                     carve_seed=settings.seed if settings.split_seed is None else settings.split_seed)
+    if opened.validation is not None and settings.val_size is not None:
+        raise UserError(f"--val-size {settings.val_size} holds images out of train, but the dataset has its own "
+                        f"{opened.sources.validation!r} split, which is validated on instead; drop --val-size")
+    class_names = opened.class_names
 
     with accelerator.main_process_first():  # one process downloads the weights, the others read the cache
         model = model_module.create_model(settings.model, len(class_names), pretrained=plan.strategy.pretrained,
@@ -268,13 +273,12 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
                         f"{preprocessing.image_size} px")
     model = model.to(accelerator.device, memory_format=torch.channels_last)
 
-    key = data_module.DecodedKey(settings.dataset, settings.train_split, settings.test_split, image_column,
-                                 label_column, preprocessing.image_size)
+    key = data_module.DecodedKey(settings.dataset, opened.sources, opened.image_column, opened.label_column,
+                                 preprocessing.image_size)
     decoded = decoded_store.get(key) if decoded_store is not None else None
     if decoded is None:
-        decoded = data_module.decode_dataset(dataset_dict, settings.train_split, settings.test_split, image_column,
-                                             label_column, class_names, preprocessing.image_size, plan.images_cache,
-                                             progress=accelerator.is_local_main_process)
+        decoded = data_module.decode_splits(opened, preprocessing.image_size, plan.images_cache,
+                                            progress=accelerator.is_local_main_process)
         if decoded_store is not None:
             decoded_store.put(key, decoded)
     frozen_features = FrozenFeatures(accelerator, model, preprocessing, plan.eval_batch_size, plan.compile_min_images,
@@ -283,15 +287,20 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     # (or one cache entry) then serves every hold-out and few-shot subset.
     capped = settings.max_train_samples is not None or settings.max_eval_samples is not None
     if frozen_features is not None and not capped:
-        decoded.train.features, decoded.test.features = frozen_features(decoded.train), frozen_features(decoded.test)
+        for split in (decoded.train, decoded.val, decoded.test):
+            if split is not None:
+                split.features = frozen_features(split)
     train, val, test = data_module.split_data(
         decoded.train, decoded.test, class_names, val_size=settings.val_size, shots_per_class=settings.shots_per_class,
         train_fraction=settings.train_fraction, max_train_samples=settings.max_train_samples,
-        max_eval_samples=settings.max_eval_samples, seed=settings.seed, split_seed=settings.split_seed)
+        max_eval_samples=settings.max_eval_samples, seed=settings.seed, split_seed=settings.split_seed, val=decoded.val)
     if frozen_features is not None and capped:
         for split in (train, val, test):
             split.features = frozen_features(split)
-    splits = data_module.DataSplits(train, val, test, class_names, image_column, label_column)
+    splits = data_module.DataSplits(train, val, test, class_names, opened.image_column, opened.label_column)
+    split_sources = opened.sources.describe(len(val), len(test))
+    if accelerator.is_main_process:
+        tqdm.write(f"validation: {split_sources['validation']}; test: {split_sources['test']}")
     # Opening the dataset, creating the model, decoding (or the image cache) and features (or the feature cache).
     data_seconds = time.perf_counter() - started
     # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
@@ -355,7 +364,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
         data={"train_images": len(splits.train), "val_images": len(splits.val), "test_images": len(splits.test),
               "train_images_per_class": dict(zip(splits.class_names, torch.bincount(
                   splits.train.labels, minlength=len(splits.class_names)).tolist())),
-              "class_names": splits.class_names, "image_column": image_column, "label_column": label_column},
+              "class_names": splits.class_names, "image_column": opened.image_column,
+              "label_column": opened.label_column, "validation_source": split_sources["validation"],
+              "test_source": split_sources["test"],
+              "carved_test_fraction": None if opened.sources.test else data_module.CARVED_TEST_FRACTION},
         trainable_parameters=sum(p.numel() for p in trainable),
         total_parameters=sum(p.numel() for p in model.parameters()),
         timing={"total_seconds": time.perf_counter() - started, "data_seconds": data_seconds,

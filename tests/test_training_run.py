@@ -458,3 +458,34 @@ def test_a_folder_of_class_folders_trains_end_to_end_on_the_cpu_defaults(pretrai
     card = (folder / "README.md").read_text()
     assert f"| test images | {text(data_record['test_source'])} |" in card
     assert f"| calibration | {text(metrics['calibration']['skipped'])} |" in card
+
+
+def test_tensorboard_logs_survive_the_final_folder_swap_with_one_scalar_per_epoch(tiny_dataset, pretrained_file,
+                                                                                   tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = run(tiny_settings(tiny_dataset, tmp_path / "tracked", pretrained_file, strategy="lp-ft", epochs=2,
+                               report_to="tensorboard"))
+    events = sorted((folder / "logs").rglob("events.out.tfevents.*"))
+    assert events, sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+    # accelerate's TensorBoardTracker: logs/<run name>/, the hyperparameters in a subfolder of their own
+    accumulator = EventAccumulator(str(folder / "logs" / "tracked")).Reload()
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    assert [event.step for event in accumulator.Scalars("val_accuracy")] == list(range(1, len(history) + 1))
+    assert [round(event.value, 5) for event in accumulator.Scalars("val_accuracy")] == [
+        round(entry["val_accuracy"], 5) for entry in history]
+    assert len(accumulator.Scalars("test_accuracy")) == 1
+
+
+def test_a_tracker_that_is_not_installed_stops_the_run_before_any_work(tiny_dataset, pretrained_file, tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    missing = next(name for name in ("wandb", "trackio", "aim", "swanlab")
+                   if name not in {tracker.value for tracker in get_available_trackers()})
+    with pytest.raises(UserError, match=rf"--report-to '{missing}' needs {missing}, which is not installed here; "
+                                        rf"run `pip install {missing}`"):
+        run(tiny_settings(tiny_dataset, tmp_path / "untracked", pretrained_file, report_to=missing))
+    assert not (tmp_path / "untracked").exists()
+    with pytest.raises(UserError, match=r"'tensorbored'\] not among accelerate's trackers"):
+        run(tiny_settings(tiny_dataset, tmp_path / "untracked", pretrained_file, report_to="tensorbored"))

@@ -170,7 +170,8 @@ class TrainSettings:
                                        "its processes (`accelerate launch` alone would leave one)", run=False)
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
                                    choices=MIXED_PRECISION_CHOICES)
-    report_to: str | None = option(None, "accelerate tracker for per-epoch metrics: tensorboard, wandb, mlflow, ... or all", run=False)
+    report_to: str | None = option(None, "accelerate trackers for per-epoch metrics, comma-separated: tensorboard, wandb, trackio, "
+                                   "mlflow, ... or all; their local files are kept in the model folder's logs/", run=False)
     cache_dir: str = option(default_cache_dir(), "where reruns find what earlier runs computed: the decoded images "
                                                   "(images/) and, for linear-probe and lp-ft, the frozen backbone's "
                                                   "features (features/); none: off", run=False)

@@ -1,7 +1,7 @@
 """Every file name of a model folder and of a study folder, and which earlier run a folder holds.
 
 A model folder: timm's config.json and model.safetensors, metrics.json, misclassified.json with misclassified/*.png,
-three plots and the model card (README.md); checkpoint/ while a run is unfinished. A study folder: study.json, three
+three plots and the model card (README.md); logs/ with --report-to; checkpoint/ while a run is unfinished. A study folder: study.json, three
 plots, README.md, and one model folder per run under runs/.
 """
 
@@ -21,6 +21,7 @@ MISCLASSIFIED_FILE = "misclassified.json"
 MISCLASSIFIED_DIR = "misclassified"
 CARD_FILE = "README.md"
 CHECKPOINT_DIR = "checkpoint"
+LOGS_DIR = "logs"  # the trackers' files (--report-to): TensorBoard's event files, where the Hub's tab finds them
 REPORT_PLOTS = {"curves.png": "Loss and accuracy per epoch", "confusion_matrix.png": "Confusion matrix",
                 "reliability.png": "Reliability: accuracy vs confidence, before and after calibration"}
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from tl_space import atomic
 from tl_space.folder.card import write_model_card
-from tl_space.folder.files import METRICS_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE
+from tl_space.folder.files import LOGS_DIR, METRICS_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE
 from tl_space.folder.plots import plot_confusion_matrix, plot_curves, plot_reliability
 from tl_space.transforms import Preprocessing
 
@@ -64,7 +64,15 @@ def write_model_folder(output_dir: Path, model: nn.Module, class_names: list[str
         plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, staging / "confusion_matrix.png")
         plot_reliability(metrics["calibration"], staging / "reliability.png")
         write_model_card(staging, metrics, records)
-        return atomic.replace_folder(staging, output_dir)
+        logs = output_dir / LOGS_DIR
+        if logs.is_dir():  # moved, not copied: a tracker still writing follows its open files into the new folder
+            logs.rename(staging / LOGS_DIR)
+        try:
+            return atomic.replace_folder(staging, output_dir)
+        except BaseException:
+            if (staging / LOGS_DIR).is_dir() and not logs.exists():
+                (staging / LOGS_DIR).rename(logs)
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

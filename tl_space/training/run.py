@@ -13,7 +13,8 @@ from pathlib import Path
 import timm
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import DataLoaderConfiguration, LoggerType, ProjectConfiguration, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -21,7 +22,7 @@ from tl_space import atomic, caches, hub
 from tl_space import data as data_module
 from tl_space import model as model_module
 from tl_space.errors import UserError
-from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, differing_settings
+from tl_space.folder.files import CHECKPOINT_DIR, LOGS_DIR, METRICS_FILE, differing_settings
 from tl_space.folder.metrics import metrics_record
 from tl_space.folder.write import write_model_folder
 from tl_space.settings import (COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, TrainSettings, check_settings,
@@ -97,8 +98,31 @@ def resolve(settings: TrainSettings, device: torch.device, local_processes: int 
     )
 
 
+# What to install for each of accelerate's trackers, where the package's name is not the tracker's.
+TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
+
+
+def check_trackers(report_to: str | None) -> None:
+    """A UserError naming what to install when --report-to asks for a tracker that is not installed."""
+    if not report_to:
+        return
+    asked = [name.strip() for name in report_to.split(",") if name.strip()]
+    known = [tracker.value for tracker in LoggerType]
+    unknown = [name for name in asked if name not in known]
+    if unknown:
+        raise UserError(f"--report-to {report_to!r}: {unknown} not among accelerate's trackers {known}")
+    available = {tracker.value for tracker in get_available_trackers()}
+    missing = [name for name in asked if name != "all" and name not in available]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES.get(name, name) for name in missing)
+        raise UserError(f"--report-to {report_to!r} needs {', '.join(missing)}, which is not installed here; "
+                        f"run `pip install {packages}` or drop --report-to")
+
+
 def make_accelerator(mixed_precision: str, report_to: str | None, project_dir: str) -> Accelerator:
-    """The Accelerator of a run (or of every run of a study): bf16 on a GPU that has it when mixed_precision is auto."""
+    """The Accelerator of a run (or of every run of a study): bf16 on a GPU that has it when mixed_precision is auto.
+    Trackers write under project_dir/logs/, which the finished folder keeps."""
+    check_trackers(report_to)
     precision = None  # None: what `accelerate launch` / `accelerate config` chose
     if mixed_precision != "auto":
         precision = mixed_precision
@@ -109,8 +133,8 @@ def make_accelerator(mixed_precision: str, report_to: str | None, project_dir: s
         # CPU (gloo) process group; accelerate only does that when told it runs on the CPU.
         cpu=not torch.accelerator.is_available(),
         mixed_precision=precision,
-        log_with=report_to,
-        project_dir=project_dir,
+        log_with=None if not report_to else [name.strip() for name in report_to.split(",") if name.strip()],
+        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=str(Path(project_dir) / LOGS_DIR)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
 

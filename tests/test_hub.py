@@ -114,7 +114,7 @@ def test_failed_push_keeps_the_folder_and_the_retry_command_works(tiny_dataset, 
         run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=1, push_to_hub=True,
                           hub_model_id="me/kept"))
     message = str(raised.value)
-    assert "is complete, but pushing it to me/kept failed (ConnectionError" in message
+    assert "is complete, but pushing it to me/kept failed (ConnectionError: connection reset by peer)" in message
     command = message.split("retry the upload alone with: ")[1]
     assert command == f"python -m tl_space.hub push {folder.resolve()} --hub-model-id me/kept"
     for name in ("model.safetensors", "config.json", "metrics.json", "README.md", "misclassified.json"):
@@ -166,3 +166,46 @@ def test_unreachable_model_id_names_the_id(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="model 'nobody/nothing' is neither a local model folder nor a Hub repo"):
         load_model_folder("nobody/nothing")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """A real HfApi whose Hub is a closed local port: its HTTP client raises its own ConnectError."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def test_no_network_before_training_is_one_sentence(tiny_dataset, pretrained_file, tmp_path, logged_in, no_network):
+    with pytest.raises(UserError, match=r"^--push-to-hub: could not reach the Hugging Face Hub to check the token "
+                                        r"\(ConnectError: .*\); check the network") as raised:
+        run(tiny_settings(tiny_dataset, tmp_path / "never", pretrained_file, push_to_hub=True, hub_model_id="me/x"))
+    assert "\n" not in str(raised.value) and FAKE_TOKEN not in str(raised.value)
+    assert not (tmp_path / "never").exists()
+
+
+def test_no_network_at_the_push_leaves_the_folder_whole_with_the_retry_in_one_sentence(
+        tiny_dataset, pretrained_file, tmp_path, monkeypatch, logged_in, capsys):
+    from huggingface_hub import constants
+
+    FakeHub().install(monkeypatch)
+    monkeypatch.undo()  # the token check passes with the fake; then the network goes
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(HfApi, "whoami", lambda api, token=None, cache=False: {
+        "type": "user", "name": "me", "orgs": [], "auth": {"accessToken": {"role": "write"}}})
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    folder = tmp_path / "offline"
+    with pytest.raises(UserError) as raised:
+        run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=1, push_to_hub=True,
+                          hub_model_id="me/offline"))
+    message = str(raised.value)
+    assert "\n" not in message and "(ConnectError: " in message, message
+    assert message.endswith(f"retry the upload alone with: python -m tl_space.hub push {folder.resolve()} "
+                            "--hub-model-id me/offline")
+    assert (folder / "model.safetensors").is_file() and (folder / "metrics.json").is_file()
+    capsys.readouterr()
+    assert hub.main(["push", str(folder), "--hub-model-id", "me/offline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(ConnectError: " in err[0] and "Traceback" not in err[0]

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.utils import HfHubHTTPError
 
 from tl_space.errors import UserError, exit_code
 from tl_space.folder.files import NOT_PUSHED, CONFIG_FILE, STUDY_FILE, STUDY_FILES, is_model_folder, read_json
@@ -36,17 +35,17 @@ def _write_allowed(token_info: dict, namespace: str) -> bool:
 def check_push_access(repo_id: str | None, api: HfApi | None = None) -> str:
     """Fail before any training when a push could not succeed; returns the repo id to push to.
 
-    Without repo_id the repo is USER/<name> under the token's user; the token is never printed.
+    repo_id has no default: without it the error suggests one under the token's user. The token is never printed.
     """
     api = api or HfApi()
     if api.token is None and not _has_saved_token():
         raise UserError(f"--push-to-hub needs a Hugging Face token: {LOGIN_HINT}")
     try:
         token_info = api.whoami()
-    except (HfHubHTTPError, OSError) as error:
+    except Exception as error:  # huggingface_hub's HTTP errors, and its HTTP client's own (ConnectError, timeouts)
         if getattr(getattr(error, "response", None), "status_code", None) == 401:
             raise UserError(f"--push-to-hub: the Hugging Face token was refused (invalid or expired); {LOGIN_HINT}") from error
-        raise UserError(f"--push-to-hub: could not reach the Hugging Face Hub to check the token ({type(error).__name__}); "
+        raise UserError(f"--push-to-hub: could not reach the Hugging Face Hub to check the token ({failure(error)}); "
                         "check the network, or train without --push-to-hub and push the folder later") from error
     if repo_id is None:
         raise UserError("--push-to-hub needs --hub-model-id, e.g. "
@@ -63,6 +62,24 @@ def check_push_access(repo_id: str | None, api: HfApi | None = None) -> str:
 def _has_saved_token() -> bool:
     from huggingface_hub import get_token
     return get_token() is not None
+
+
+def failure(error: BaseException) -> str:
+    """An error in a few words for a one-line message: its type and the first line of its text."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line[:200]}" if first_line else type(error).__name__
+
+
+def publish(folder: Path, repo_id: str, *, private: bool = False, commit_message: str | None = None) -> str:
+    """push_model_folder for a finished run or study: any failure (no network, a refused upload) is one UserError
+    that says the folder is whole and how to retry the upload alone."""
+    try:
+        return push_model_folder(folder, repo_id, private=private, commit_message=commit_message)
+    except UserError:
+        raise
+    except Exception as error:  # huggingface_hub's errors and its HTTP client's: none may become a traceback
+        raise UserError(f"the folder {folder} is complete, but pushing it to {repo_id} failed ({failure(error)}); "
+                        f"retry the upload alone with: {retry_command(folder, repo_id, private)}") from error
 
 
 def retry_command(folder: Path, repo_id: str, private: bool) -> str:
@@ -132,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def push_folder_command() -> None:
         repo_id = check_push_access(args.hub_model_id)
-        url = push_model_folder(args.folder, repo_id, private=args.private)
+        url = publish(args.folder, repo_id, private=args.private)
         print(f"pushed {args.folder} to https://huggingface.co/{repo_id} ({url})")
     return exit_code(push_folder_command)
 

@@ -180,7 +180,7 @@ class TrainSettings:
     resume: bool = option(False, "continue the run in --output-dir from its last saved epoch (saved after every epoch)", run=False)
     push_to_hub: bool = option(False, "upload the model folder to the Hugging Face Hub after training "
                                        "(the token is checked before training starts)", run=False)
-    hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to", run=False)
+    hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to; required with --push-to-hub (no default)", run=False)
     private: bool = option(False, "with --push-to-hub: create the repo private", run=False)
 
     def to_dict(self) -> dict:

@@ -244,8 +244,8 @@ def run_study(study: StudySettings) -> Path:
             write_study_files(output_dir, study_record(study, rows, skipped, len(runs)))
     accelerator.wait_for_everyone()
     if study.push_to_hub and accelerator.is_main_process:
-        url = hub.push_model_folder(output_dir, study.hub_model_id, private=study.private,
-                              commit_message=f"Study {output_dir.name} (tl-space): {len(rows)} runs")
+        url = hub.publish(output_dir, study.hub_model_id, private=study.private,
+                          commit_message=f"Study {output_dir.name} (tl-space): {len(rows)} runs")
         tqdm.write(f"pushed the study to https://huggingface.co/{study.hub_model_id} ({url})")
     accelerator.end_training()
     return output_dir

@@ -193,12 +193,7 @@ def base_model_id(model: nn.Module, model_name: str, pretrained: bool) -> str | 
 
 def push(output_dir: Path, repo_id: str, private: bool, message: str) -> None:
     """Upload the finished folder; on failure the folder stays whole and the error says how to retry."""
-    try:
-        url = hub.push_model_folder(output_dir, repo_id, private=private, commit_message=message)
-    except Exception as error:
-        raise UserError(f"the model folder {output_dir} is complete, but pushing it to {repo_id} failed "
-                        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); retry the "
-                        f"upload alone with: {hub.retry_command(output_dir, repo_id, private)}") from error
+    url = hub.publish(output_dir, repo_id, private=private, commit_message=message)
     tqdm.write(f"pushed to https://huggingface.co/{repo_id} ({url})")
 
 

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from tl_space.images import image_tensor
 
 # torch.nn.functional.interpolate modes for timm's interpolation names; PIL-only ones fall back to bicubic.
 INTERPOLATION_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
@@ -77,3 +80,8 @@ def progressive_size(start: int, end: int, progress: float, multiple: int = 16) 
         return end
     size = start + (end - start) * progress / 0.75
     return min(end, max(start, int(size // multiple * multiple)))
+
+
+def images_to_model_input(images: list[Image.Image], preprocessing: Preprocessing) -> torch.Tensor:
+    """Decoded images of any sizes as one model input batch: each one's centre square at the model's size."""
+    return torch.cat([to_model_input(image_tensor(image, preprocessing.image_size), preprocessing) for image in images])

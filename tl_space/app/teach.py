@@ -32,7 +32,7 @@ from tl_space.images import image_tensor
 from tl_space.settings import TrainSettings
 from tl_space.training.calibration import calibration_report
 from tl_space.training.evaluation import classification_metrics, misclassified_records
-from tl_space.transforms import to_model_input
+from tl_space.transforms import images_to_model_input
 
 MIN_CLASSES, MAX_CLASSES = 2, 10
 MAX_PER_CLASS = 50
@@ -72,12 +72,11 @@ def class_of(file_name: str) -> str:
 @torch.inference_mode()
 def backbone_features(loaded: LoadedModel, images: list[Image.Image], progress=lambda fraction: None) -> torch.Tensor:
     """The served model's pooled features of each image, with its own preprocessing, under its lock."""
-    size = loaded.preprocessing.image_size
     features = []
     for start in range(0, len(images), FEATURE_BATCH):
-        batch = torch.cat([image_tensor(image, size) for image in images[start:start + FEATURE_BATCH]])
+        batch = images_to_model_input(images[start:start + FEATURE_BATCH], loaded.preprocessing)
         with loaded.lock:
-            features.append(model_module.pooled_features(loaded.model, to_model_input(batch, loaded.preprocessing)))
+            features.append(model_module.pooled_features(loaded.model, batch))
         progress(min(1.0, (start + FEATURE_BATCH) / len(images)))
     return torch.cat(features).float()
 
@@ -251,11 +250,15 @@ def _write_folder(loaded: LoadedModel, names: list[str], weight: torch.Tensor, b
 
 
 @torch.inference_mode()
+def taught_batch_probabilities(loaded: LoadedModel, taught: TaughtModel, images: list[Image.Image]) -> torch.Tensor:
+    """(N, taught classes) calibrated probabilities of a batch of images."""
+    features = backbone_features(loaded, images)
+    return ((features @ taught.weight.T + taught.bias) / taught.temperature).softmax(dim=1)
+
+
 def taught_probabilities(loaded: LoadedModel, taught: TaughtModel, image: Image.Image) -> dict[str, float]:
     """Calibrated probabilities of the taught classes for one image."""
-    features = backbone_features(loaded, [image])
-    logits = (features @ taught.weight.T + taught.bias) / taught.temperature
-    return dict(zip(taught.class_names, logits.softmax(dim=1)[0].tolist()))
+    return dict(zip(taught.class_names, taught_batch_probabilities(loaded, taught, [image])[0].tolist()))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from tl_space.app.storage import storage
 from tl_space.app.compare import MAX_COMPARED, Comparison, TestSample, disagreements
 from tl_space.app import explain as explaining
 from tl_space.app.explain import DISPLAY_SIZE, pretrained_backbone
-from tl_space.app.inference import class_probabilities
+from tl_space.app.inference import batch_probabilities, class_probabilities
 from tl_space.markdown import code, text
 from tl_space.figures import to_image
 from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
@@ -29,6 +29,7 @@ from tl_space.folder.read import LoadedModel, public_plots
 from tl_space.folder.study import load_study
 from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
 from tl_space.images import ImageError, open_image
+from tl_space.predict import classify_files
 from tl_space.errors import UserError
 from tl_space.settings import REPORTING_SETTINGS
 from tl_space.study.report import study_overview, summarize
@@ -534,21 +535,20 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None, demo: gr.Block
 
     def classify_many(taught: teaching.TaughtModel | None, files):
         """/classify_many: one row per image (file, top 3 with probabilities), the least sure first, and a CSV.
-        Each image is decoded, classified and let go in turn: a request holds one decoded image at a time."""
+        predict.classify_files, as `python -m tl_space.predict` runs it: a request holds one batch decoded at a time."""
         paths = _paths(files)
         if len(paths) > MAX_CLASSIFY_MANY:
             raise gr.Error(f"Give at most {MAX_CLASSIFY_MANY} images at once; {len(paths)} were given.",
                            print_exception=False)
-        rows, skipped = [], []
-        for path in paths:
-            opened, not_opened = open_uploads([path], 1, side)
-            skipped += not_opened
-            for name, image in opened:
-                probabilities = (teaching.taught_probabilities(loaded, taught, image) if taught is not None
-                                 else class_probabilities(loaded, image))
-                top = top_classes(probabilities, 3)
-                rows.append([name, *[f"{label} ({probabilities[label]:.1%})" for label in top], probabilities[top[0]]])
-        rows.sort(key=lambda row: row[-1])
+        def probabilities_of(images):
+            if taught is None:
+                return batch_probabilities(loaded, images)
+            return teaching.taught_batch_probabilities(loaded, taught, images)
+        class_names = loaded.label_names if taught is None else taught.class_names
+        predictions, skipped = classify_files(((Path(str(path)).name[:80], path) for path in paths), probabilities_of,
+                                              class_names, side, top_k=3, batch_size=MANY_BATCH_SIZE)
+        rows = [[prediction.name, *[f"{label} ({probability:.1%})" for label, probability in prediction.ranked],
+                 prediction.confidence] for prediction in sorted(predictions, key=lambda found: found.confidence)]
         rows += [[line, "", "", "", None] for line in skipped]
         entry = storage().new_entry("table-")
         with open(entry / "predictions.csv", "w", newline="") as file:
@@ -631,6 +631,7 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None, demo: gr.Block
 
 
 MANY_HEADERS = ["file", "top 1", "top 2", "top 3", "top-1 probability"]
+MANY_BATCH_SIZE = 8  # images decoded and classified together by /classify_many
 # The operator's opt-in to pushes with the server's own HF_TOKEN, honoured on a loopback-only server.
 PUSH_WITH_SERVER_TOKEN = "PUSH_WITH_SERVER_TOKEN"
 ON_SPACE = get_space() is not None

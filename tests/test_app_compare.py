@@ -1,6 +1,7 @@
 """The Compare tab: runs bundled side by side, one upload through each, and the test images they disagree on."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -82,3 +83,21 @@ def test_runs_that_do_not_share_their_classes_are_refused(compare_folder, tmp_pa
     (other / SAMPLE_FILE).write_bytes(b"not a sample")
     with pytest.raises(UserError, match="2 to 3 model folders"):
         load_comparison(str(other / "good"))
+
+
+def test_the_compare_tab_says_whether_the_served_model_is_among_its_runs(compare_folder, tmp_path):
+    from tl_space.app.ui import build_demo
+
+    comparison = load_comparison(str(compare_folder))
+
+    def compare_text(served_folder):
+        demo = build_demo(load_model_folder(str(served_folder)), comparison=comparison)
+        return " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
+
+    assert "(which `good` is the model this page serves)" in compare_text(compare_folder / "good")
+    other = tmp_path / "other"
+    shutil.copytree(compare_folder / "weak", other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics["timing"]["total_seconds"] += 1  # another run's report
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    assert "(the compare folder, not the model this page serves (`other`))" in compare_text(other)

@@ -18,6 +18,7 @@ from test_training_run import tiny_settings
 from tl_space.folder.read import load_model_folder
 from tl_space.app.inference import class_probabilities
 from tl_space.images import open_image
+from tl_space.markdown import text
 from tl_space.app.local_app import running_app
 from tl_space.training import run
 
@@ -210,6 +211,9 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
     demo = app.create_demo()
     page_text = " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
     assert "tells apart 10 classes" in page_text
+    # The header names what is served: backbone, strategy, dataset and test accuracy, from metrics.json.
+    assert ("Model `model`: `tf_efficientnet_lite0` trained by **lp\\-ft** from `timm/tf_efficientnet_lite0.in1k` "
+            "on `uoft-cs/cifar10`: **91.58% test accuracy**") in page_text
     assert "Study" in [block.get("props", {}).get("label") for block in demo.config["components"]]  # bundled study/
     loaded = load_model_folder(str(ROOT / "model"))
     examples = sorted((ROOT / "examples").glob("*.png"))
@@ -220,3 +224,19 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
     assert loaded.metrics["test"]["accuracy"] > 0.75 and len(loaded.misclassified) == 64
     assert loaded.temperature != 1.0 and loaded.metrics["calibration"]["test_ece_after"] < loaded.metrics[
         "calibration"]["test_ece_before"]
+
+
+def test_the_header_links_a_hub_repo_only_when_its_id_is_plainly_owner_and_name(model_folder):
+    import dataclasses
+
+    from tl_space.app.ui import page_header
+
+    loaded = load_model_folder(str(model_folder))
+    local = page_header(loaded)
+    strategy = loaded.metrics["settings"]["strategy"]
+    assert f"trained by **{text(strategy)}**" in local and "test accuracy**" in local and "huggingface.co" not in local
+    from_hub = page_header(dataclasses.replace(loaded, source="me/colours"))
+    assert from_hub.endswith(" · [me/colours](https://huggingface.co/me/colours).")
+    hostile = dataclasses.replace(loaded, metrics={**loaded.metrics, "settings": {
+        **loaded.metrics["settings"], "hub_model_id": "me/x)](javascript:alert(1)"}})
+    assert "javascript" not in page_header(hostile) and "huggingface.co" not in page_header(hostile)

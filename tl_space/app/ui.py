@@ -27,7 +27,7 @@ from tl_space.folder.files import REPORT_PLOTS, STUDY_PLOTS
 from tl_space.folder.plots import confusion_matrix_figure
 from tl_space.folder.read import LoadedModel, public_plots
 from tl_space.folder.study import load_study
-from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
+from tl_space.folder.summary import PER_CLASS_HEADERS, headline, per_class_rows, run_summary
 from tl_space.images import ImageError, open_image
 from tl_space.predict import classify_files
 from tl_space.errors import UserError
@@ -113,6 +113,16 @@ def explain(loaded: LoadedModel, payload: str | dict | None, class_name: str) ->
     if class_name not in loaded.label_names:
         raise gr.Error(f"Pick one of the model's classes, not {str(class_name)[:100]!r}.", print_exception=False)
     return heatmap_overlays(loaded, image, [class_name])[0]
+
+
+def page_header(loaded: LoadedModel) -> str:
+    """Which model this page serves: its name, and from its metrics.json (the card's own summary) the backbone, the
+    strategy, the dataset, the test accuracy and its Hub repo, a link, when it has one."""
+    if not loaded.metrics:
+        return f"Model {code(loaded.name)} (its folder has no metrics.json, so no report)."
+    hub_repo_id = loaded.source.removeprefix("hf-hub:") if not Path(loaded.source).expanduser().is_dir() else (
+        loaded.metrics["settings"].get("hub_model_id"))
+    return f"Model {code(loaded.name)}: {headline(loaded.metrics, hub_repo_id, code, text)}."
 
 
 def top_classes(probabilities: dict[str, float], count: int = 5) -> list[str]:
@@ -203,7 +213,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
     comparison: runs to show side by side in a Compare tab; teach_sample: labelled images the Teach tab offers."""
     classes = ", ".join(text(name) for name in loaded.label_names[:20]) + ("…" if len(loaded.label_names) > 20 else "")
     with gr.Blocks(title=f"tl-space: {loaded.name}", delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown(f"# What does this classifier see?\nModel {code(loaded.name)} tells apart "
+        gr.Markdown(f"# What does this classifier see?\n{page_header(loaded)}\n\nIt tells apart "
                     f"{len(loaded.label_names)} classes: {classes}.")
         with gr.Tab("Classify"):
             with gr.Row():
@@ -305,7 +315,7 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
         add_study_tab(loaded)
         add_teach_tab(loaded, teach_sample or (comparison.sample if comparison is not None else None), demo)
         if comparison is not None:
-            add_compare_tab(comparison)
+            add_compare_tab(comparison, loaded)
     demo.queue(default_concurrency_limit=1, max_size=queue_max_size)
     limit_waiting_per_session(demo, MAX_WAITING_PER_SESSION)
     refuse_files_not_uploaded(demo)
@@ -343,15 +353,20 @@ def compare_upload(comparison: Comparison, payload: str | dict | None) -> list:
     return tops + [None] * empty + heatmaps + [None] * empty
 
 
-def add_compare_tab(comparison: Comparison) -> None:
-    """The Compare tab: one upload through every compared run, and the sample images they disagree on."""
+def add_compare_tab(comparison: Comparison, served: LoadedModel) -> None:
+    """The Compare tab: one upload through every compared run, and the sample images they disagree on; it says
+    whether the served model is one of them (the same metrics.json: the same run)."""
+    served_among = [name for name, run in zip(comparison.names, comparison.runs)
+                    if served.metrics and run.metrics == served.metrics]
+    whose = (f"which {code(served_among[0])} is the model this page serves" if served_among else
+             f"the compare folder, not the model this page serves ({code(served.name)})")
     with gr.Tab("Compare"):
         runs = "; ".join(
             f"**{index + 1}.** {code(name)} ({text(run.metrics.get('settings', {}).get('strategy', '?'))}, "
             + (f"{float(run.metrics['test']['accuracy']):.1%} test)" if run.metrics else "no report)")
             for index, (name, run) in enumerate(zip(comparison.names, comparison.runs)))
-        gr.Markdown(f"The same image through {len(comparison.runs)} runs: {runs}. Each heatmap shows where its run "
-                    "found the evidence for its own top class.")
+        gr.Markdown(f"The same image through {len(comparison.runs)} runs ({whose}): {runs}. Each heatmap shows where "
+                    "its run found the evidence for its own top class.")
         with gr.Row():
             image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", height=240)
             submit = gr.Button("Compare", variant="primary", scale=0)

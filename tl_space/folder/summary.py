@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 Quote = Callable[[object], str]  # renders a value read from the folder: the app escapes it, the card need not
@@ -11,13 +12,31 @@ def _code(value: object) -> str:
     return f"`{value}`"
 
 
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def trained_how(metrics: dict, quote: Quote = _code, plain: Quote = str) -> str:
+    """What the model is and how it learned: its backbone, the strategy, its starting weights and the dataset."""
+    settings, model_record = metrics["settings"], metrics.get("model") or {}
+    base = model_record.get("base_model") or "random initialisation"
+    return (f"{quote(model_record.get('architecture', settings['model']))} trained by **{plain(settings['strategy'])}** "
+            f"from {quote(base)} on {quote(settings['dataset'])}")
+
+
+def headline(metrics: dict, hub_repo_id: str | None, quote: Quote = _code, plain: Quote = str) -> str:
+    """One line for the top of a page: how the model learned, its test accuracy, and a link to its Hub repo (only an
+    id that is plainly OWNER/NAME becomes a link)."""
+    line = f"{trained_how(metrics, quote, plain)}: **{float(metrics['test']['accuracy']):.2%} test accuracy**"
+    if hub_repo_id and HUB_REPO_ID.match(hub_repo_id):
+        line += f" · [{hub_repo_id}](https://huggingface.co/{hub_repo_id})"
+    return line
+
+
 def run_summary(metrics: dict, quote: Quote = _code, plain: Quote = str) -> list[str]:
     """Markdown paragraphs: test accuracy, how the model trained, calibration, flip TTA, the most confused pairs."""
-    test, settings, model_record = metrics["test"], metrics["settings"], metrics.get("model") or {}
-    base = model_record.get("base_model") or "random initialisation"
+    test = metrics["test"]
     lines = [f"**Test accuracy {float(test['accuracy']):.2%}** on {int(test['num_images']):,} images: "
-             f"{quote(model_record.get('architecture', settings['model']))} trained by **{plain(settings['strategy'])}** "
-             f"from {quote(base)} on {quote(settings['dataset'])} ({int(metrics['data']['train_images']):,} training "
+             f"{trained_how(metrics, quote, plain)} ({int(metrics['data']['train_images']):,} training "
              f"images), {len(metrics['history'])} epochs at {int(metrics['preprocessing']['image_size'])} px; best "
              f"epoch {int(test['best_epoch'])} by validation accuracy. Test loss {float(test['loss']):.3f}."]
     calibration = metrics.get("calibration")

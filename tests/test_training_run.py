@@ -345,13 +345,22 @@ def test_a_cpu_run_uses_every_core_whatever_accelerate_set_and_threads_overrides
         torch.set_num_threads(max(previous, cpu_threads(1)))
 
 
-def test_the_run_says_how_long_each_stage_will_take_before_training(tiny_dataset, pretrained_file, tmp_path, capsys):
+def test_the_run_estimates_its_whole_wall_time_before_any_long_work(tiny_dataset, pretrained_file, tmp_path, capsys,
+                                                                     monkeypatch):
+    decoded_after = []
+    decode_splits = data.decode_splits
+
+    def recording(*args, **kwargs):  # what the run had printed when the whole dataset's decoding began
+        decoded_after.append(capsys.readouterr().out)
+        return decode_splits(*args, **kwargs)
+    monkeypatch.setattr(data, "decode_splits", recording)
     run(tiny_settings(tiny_dataset, tmp_path / "estimate", pretrained_file, strategy="lp-ft", epochs=1,
                       max_train_minutes=0.001))
-    out = capsys.readouterr().out
-    estimate = next(line for line in out.splitlines() if line.startswith("estimated training time on this cpu"))
-    assert "linear-probe: 2 epoch(s)" in estimate and "finetune: 1 epoch(s)" in estimate
-    assert out.index("estimated training time") < out.index("epoch 1 (linear-probe 1/2)")
+    estimate = next(line for line in decoded_after[0].splitlines() if line.startswith("estimated wall time on this cpu"))
+    for part in ("decoding: 312 images", "features: 312 images", "linear-probe: 2 epoch(s)", "finetune: 1 epoch(s)",
+                 "final evaluation: 174 images"):  # 240 train + 72 test decoded; 30 validation + 2 x 72 test evaluated
+        assert part in estimate, estimate
+    assert "budget ends training sooner" in estimate
 
 
 def test_a_vision_transformer_trains_at_another_size_and_the_app_serves_it(tiny_dataset, tmp_path):

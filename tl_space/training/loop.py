@@ -281,10 +281,12 @@ ESTIMATE_WARMUP_STEPS = 6
 ESTIMATE_STEPS = 3
 
 
-def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings) -> float:
+def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings,
+                           images: tuple[int, int] | None = None) -> float:
     """Seconds the stage's epochs would take here (before any time budget), from the median of ESTIMATE_STEPS timed
     training steps (after ESTIMATE_WARMUP_STEPS) and one timed validation batch on a copy of its module, at the run's
-    batch sizes; the random number generators are left as they were."""
+    batch sizes; the random number generators are left as they were. The stage's inputs may be a sample of the run's
+    splits (splits: that sample), images then the (train, validation) images of the run itself."""
     count = min(settings.batch_size, len(splits.train))  # the real batch: smaller ones run faster per image
     eval_count = min(stage.eval_batch_size, len(splits.val))
     indices, eval_indices = (torch.arange(number, device=accelerator.device) for number in (count, eval_count))
@@ -309,6 +311,6 @@ def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataS
             probe(stage.val_inputs(eval_indices, False))
         eval_per_image = (time.perf_counter() - started) / eval_count
     step = statistics.median(timings[ESTIMATE_WARMUP_STEPS:])
-    images = max(len(splits.train), settings.min_epoch_images)
-    steps = math.ceil(images / (settings.batch_size * accelerator.num_processes))
-    return stage.epochs * (steps * step + len(splits.val) / accelerator.num_processes * eval_per_image)
+    train_images, val_images = images or (len(splits.train), len(splits.val))
+    steps = math.ceil(max(train_images, settings.min_epoch_images) / (settings.batch_size * accelerator.num_processes))
+    return stage.epochs * (steps * step + val_images / accelerator.num_processes * eval_per_image)

@@ -229,17 +229,69 @@ def make_stage(stage_plan: StagePlan, model: nn.Module, splits: data_module.Data
                  stage_plan.lr, plan.eval_batch_size, plan.regularisation, plan.start_size, preprocessing.image_size)
 
 
-def say_estimate(accelerator: Accelerator, stages: list[Stage], seconds: list[float], settings: LoopSettings) -> None:
-    """Print how long training will take here, measured before it starts, and what bounds it."""
-    total = sum(seconds)
-    if not stages or not accelerator.is_main_process:
+# The whole-run estimate times decoding, features and each stage on this many training images (at least a batch).
+ESTIMATE_SAMPLE_IMAGES = 64
+
+
+def planned_sizes(opened: data_module.OpenedSplits, settings: TrainSettings) -> tuple[int, int, int]:
+    """The run's (train, validation, test) images, from the labels alone: split_data on images of no pixels."""
+    def labels_only(split) -> data_module.LabelledImages:
+        labels = torch.tensor(split[opened.label_column], dtype=torch.int64)
+        return data_module.LabelledImages(torch.empty(len(labels), 0, dtype=torch.uint8), labels)
+    own_val = None if opened.validation is None else labels_only(opened.validation)
+    train, val, test = data_module.split_data(
+        labels_only(opened.train), labels_only(opened.test), opened.class_names, val_size=settings.val_size,
+        shots_per_class=settings.shots_per_class, train_fraction=settings.train_fraction,
+        max_train_samples=settings.max_train_samples, max_eval_samples=settings.max_eval_samples, seed=settings.seed,
+        split_seed=settings.split_seed, val=own_val)
+    return len(train), len(val), len(test)
+
+
+def say_run_estimate(accelerator: Accelerator, settings: TrainSettings, plan: RunPlan,
+                     opened: data_module.OpenedSplits, model: nn.Module, preprocessing: Preprocessing,
+                     stage_plans: list[StagePlan], trains_only) -> None:
+    """Print, before any long work, how long the whole run will take here: decoding, the frozen backbone's features,
+    each stage's epochs and the final evaluation, each timed on a sample of the training images."""
+    train_images, val_images, test_images = planned_sizes(opened, settings)
+    count = min(len(opened.train), max(ESTIMATE_SAMPLE_IMAGES, settings.batch_size, plan.eval_batch_size))
+    started = time.perf_counter()
+    sample = data_module.decode_images(opened.train.select(range(count)), opened.image_column, opened.label_column,
+                                       preprocessing.image_size)
+    stored = len(opened.train) + len(opened.test) + (0 if opened.validation is None else len(opened.validation))
+    parts = [("decoding", stored * (time.perf_counter() - started) / count,
+              f"{stored:,} images, less from the image cache")]
+    if plan.strategy.probe_first:
+        started = time.perf_counter()
+        sample.features = FrozenFeatures(accelerator, model, preprocessing, plan.eval_batch_size, None, None)(sample)
+        capped = settings.max_train_samples is not None or settings.max_eval_samples is not None
+        featured = train_images + val_images + test_images if capped else stored
+        parts.append(("features", featured * (time.perf_counter() - started) / count,
+                      f"{featured:,} images, less from the feature cache"))
+    sample_splits = data_module.DataSplits(sample, sample, sample, opened.class_names, opened.image_column,
+                                           opened.label_column)
+    generator = torch.Generator(accelerator.device).manual_seed(settings.seed)
+    for stage_plan in stage_plans:
+        stage = make_stage(stage_plan, model, sample_splits, preprocessing, generator, plan)
+        trains_only(stage_plan)
+        parts.append((stage.name, estimate_stage_seconds(accelerator, stage, sample_splits, plan.loop,
+                                                         (train_images, val_images)), f"{stage.epochs} epoch(s)"))
+    if not plan.strategy.frozen_backbone:  # a frozen backbone's final logits come from its cached features
+        evaluated = val_images + test_images * (1 if settings.flip_tta == "off" else 2)
+        batch = image_inputs(sample.images.to(accelerator.device), preprocessing, None)
+        started = time.perf_counter()
+        with torch.inference_mode(), accelerator.autocast():
+            model.eval()(batch(torch.arange(min(count, plan.eval_batch_size), device=accelerator.device), False))
+        per_image = (time.perf_counter() - started) / min(count, plan.eval_batch_size)
+        parts.append(("final evaluation", evaluated * per_image / accelerator.num_processes, f"{evaluated:,} images"))
+    if not accelerator.is_main_process:
         return
-    parts = ", ".join(f"{stage.name}: {stage.epochs} epoch(s), {value / 60:.1f} min"
-                      for stage, value in zip(stages, seconds))
+    total = sum(seconds for _, seconds, _ in parts)
+    training = sum(seconds for name, seconds, _ in parts[1:] if name not in ("features", "final evaluation"))
     budget = settings.max_train_minutes
-    limit = f"; the {budget:g}-minute budget ends it sooner" if budget and budget * 60 < total else ""
-    tqdm.write(f"estimated training time on this {accelerator.device.type}: about {total / 60:.1f} min ({parts}; "
-               f"timed on a few batches before training{limit})")
+    limit = f"; the {budget:g}-minute budget ends training sooner" if budget and budget * 60 < training else ""
+    described = ", ".join(f"{name}: {what}, {seconds / 60:.1f} min" for name, seconds, what in parts)
+    tqdm.write(f"estimated wall time on this {accelerator.device.type}: about {total / 60:.1f} min ({described}; "
+               f"timed on {count} training images before any long work{limit})")
 
 
 def run(settings: TrainSettings, accelerator: Accelerator | None = None,
@@ -292,6 +344,14 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
                         f"{preprocessing.image_size} px")
     model = model.to(accelerator.device, memory_format=torch.channels_last)
 
+    progress = checkpoint.read_progress(output_dir / CHECKPOINT_DIR) if settings.resume else None
+    first_stage = progress["stage_index"] if progress else 0  # a resumed run skips the stages it finished
+
+    def trains_only(stage_plan: StagePlan) -> None:  # what the stage updates: the head on features, else `trainable`
+        model_module.freeze_all_but(model, model_module.classifier_parameters(model) if stage_plan.on_features
+                                    else trainable)
+
+    say_run_estimate(accelerator, settings, plan, opened, model, preprocessing, plan.stages[first_stage:], trains_only)
     key = data_module.DecodedKey(settings.dataset, opened.sources, opened.image_column, opened.label_column,
                                  preprocessing.image_size)
     decoded = decoded_store.get(key) if decoded_store is not None else None
@@ -326,7 +386,6 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
 
     run_state = start_or_resume(accelerator, output_dir / CHECKPOINT_DIR, generator, settings.resume)
-    first_stage = run_state.resume_stage or 0  # a resumed run skips the stages it finished
     if plan.head_init == "class-means" and run_state.resume_stage is None:
         features = splits.train.features
         model_module.imprint_classifier(model, features, splits.train.labels.to(features.device))
@@ -336,15 +395,6 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     stages = [make_stage(stage_plan, model, splits, preprocessing, generator, plan)
               for stage_plan in plan.stages[first_stage:]]
 
-    def trains_only(stage_plan: StagePlan) -> None:  # what the stage updates: the head on features, else `trainable`
-        model_module.freeze_all_but(model, model_module.classifier_parameters(model) if stage_plan.on_features
-                                    else trainable)
-
-    estimates = []
-    for stage_plan, stage in zip(plan.stages[first_stage:], stages):  # each timed with what it will train
-        trains_only(stage_plan)
-        estimates.append(estimate_stage_seconds(accelerator, stage, splits, plan.loop))
-    say_estimate(accelerator, stages, estimates, plan.loop)
     for stage_plan, stage in zip(plan.stages[first_stage:], stages):
         if not stage_plan.on_features and stage_plan.index > 0:
             model.load_state_dict(run_state.best["state"])  # fine-tune from the best probe head

@@ -467,6 +467,9 @@ def test_a_folder_of_class_folders_trains_end_to_end_on_the_cpu_defaults(pretrai
     card = (folder / "README.md").read_text()
     assert f"| test images | {text(data_record['test_source'])} |" in card
     assert f"| calibration | {text(metrics['calibration']['skipped'])} |" in card
+    # Each setting under its own label: lp-ft's two stages each with their learning rate.
+    assert "| batch size | 32 |" in card and "| weight decay | 0.05 |" in card
+    assert "| learning rate | linear-probe: 0.001, finetune: 0.0001 |" in card
 
 
 def test_tensorboard_logs_survive_the_final_folder_swap_with_one_scalar_per_epoch(tiny_dataset, pretrained_file,

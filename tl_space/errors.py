@@ -6,6 +6,12 @@ import sys
 from typing import Callable
 
 
+def failure(error: BaseException) -> str:
+    """An error in a few words for a one-line message: its type and the first line of its text."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line[:200]}" if first_line else type(error).__name__
+
+
 class UserError(Exception):
     """A bad option, path or dataset: its message is one sentence naming the value and what would be accepted.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tl_space.errors import UserError, exit_code
+from tl_space.errors import UserError, exit_code, failure
 from tl_space.transforms import Preprocessing
 
 FORMATS = ("onnx",)
@@ -101,9 +101,8 @@ def export_onnx(model: nn.Module, preprocessing: Preprocessing, label_names: lis
     except Exception as error:
         layer = first_layer_that_does_not_export(model, example[:1])
         where = f"layer {layer[0]!r} ({layer[1]})" if layer else "the model"
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise UserError(f"{source}: {where} cannot be exported to ONNX by torch.onnx.export ({type(error).__name__}: "
-                        f"{reason})") from error
+        raise UserError(f"{source}: {where} cannot be exported to ONNX by torch.onnx.export "
+                        f"({failure(error)})") from error
     sidecar_path(output).write_text(json.dumps({
         "source": source, "format": "onnx", "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
         "input_size": [3, size, size], "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}},

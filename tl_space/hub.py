@@ -11,7 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, snapshot_download
 
-from tl_space.errors import UserError, exit_code
+from tl_space.errors import UserError, exit_code, failure
 from tl_space.folder.files import NOT_PUSHED, CONFIG_FILE, STUDY_FILE, STUDY_FILES, is_model_folder, read_json
 
 LOGIN_HINT = "run `hf auth login` (or `huggingface-cli login`) or set HF_TOKEN to a token with write access"
@@ -62,12 +62,6 @@ def check_push_access(repo_id: str | None, api: HfApi | None = None) -> str:
 def _has_saved_token() -> bool:
     from huggingface_hub import get_token
     return get_token() is not None
-
-
-def failure(error: BaseException) -> str:
-    """An error in a few words for a one-line message: its type and the first line of its text."""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first_line[:200]}" if first_line else type(error).__name__
 
 
 def publish(folder: Path, repo_id: str, *, private: bool = False, commit_message: str | None = None) -> str:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn with timm)
-from tl_space.errors import UserError
+from tl_space.errors import UserError, failure
 
 MODEL_SOURCES = ("hf-hub:", "local-dir:")
 
@@ -62,8 +62,8 @@ def create_model(name: str, num_classes: int, *, pretrained: bool, pretrained_fi
     except (OSError, RuntimeError) as error:
         if not pretrained:
             raise
-        raise UserError(f"could not load pretrained weights for --model {name!r} ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}); check the network or HF_TOKEN, "
+        raise UserError(f"could not load pretrained weights for --model {name!r} ({failure(error)}); check the "
+                        "network or HF_TOKEN, "
                         "pass --pretrained-file with a local weights file, or use --strategy scratch") from error
     if pretrained and model.pretrained_cfg.get("num_classes") != num_classes:
         zero_classifier(model)  # timm dropped the checkpoint's head (another class count): this one is new

@@ -20,7 +20,7 @@ from tl_space.folder.read import LoadedModel
 from tl_space.images import image_tensor
 from tl_space.model import create_model
 from tl_space.strategies import strategy_named
-from tl_space.transforms import to_model_input
+from tl_space.transforms import images_to_model_input
 
 DISPLAY_SIZE = 320
 # A heatmap from a 1x1 or 2x2 map says nothing about where: small inputs (CIFAR's 32 px) use an earlier stage.
@@ -51,7 +51,7 @@ def class_activation_maps(loaded: LoadedModel, image: Image.Image, class_indices
     """
     check_feature_maps(loaded.model)
     size = loaded.preprocessing.image_size
-    inputs = to_model_input(image_tensor(image, size), loaded.preprocessing).expand(len(class_indices), -1, -1, -1)
+    inputs = images_to_model_input([image], loaded.preprocessing).expand(len(class_indices), -1, -1, -1)
     model = loaded.model.eval()
     with loaded.lock, torch.enable_grad(), GradCAM(model, target_layer=cam_layer(model, size)) as extractor:
         scores = model(inputs.contiguous())
@@ -132,7 +132,7 @@ def feature_map_figure(image: Image.Image, models: dict[str, torch.nn.Module], l
     """A grid: one row per stage (early, middle, last), the strongest channels of each model side by side."""
     for model in models.values():
         check_feature_maps(model)
-    inputs = to_model_input(image_tensor(image, loaded.preprocessing.image_size), loaded.preprocessing)
+    inputs = images_to_model_input([image], loaded.preprocessing)
     with loaded.lock:  # hooks on the shared model
         by_model = {title: strongest_feature_maps(model, inputs) for title, model in models.items()}
     stages = len(next(iter(by_model.values())))

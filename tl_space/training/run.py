@@ -102,11 +102,14 @@ def resolve(settings: TrainSettings, device: torch.device, local_processes: int 
 TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
 
 
+def tracker_names(report_to: str | None) -> list[str]:
+    """--report-to's comma-separated trackers."""
+    return [name.strip() for name in (report_to or "").split(",") if name.strip()]
+
+
 def check_trackers(report_to: str | None) -> None:
     """A UserError naming what to install when --report-to asks for a tracker that is not installed."""
-    if not report_to:
-        return
-    asked = [name.strip() for name in report_to.split(",") if name.strip()]
+    asked = tracker_names(report_to)
     known = [tracker.value for tracker in LoggerType]
     unknown = [name for name in asked if name not in known]
     if unknown:
@@ -133,7 +136,7 @@ def make_accelerator(mixed_precision: str, report_to: str | None, project_dir: s
         # CPU (gloo) process group; accelerate only does that when told it runs on the CPU.
         cpu=not torch.accelerator.is_available(),
         mixed_precision=precision,
-        log_with=None if not report_to else [name.strip() for name in report_to.split(",") if name.strip()],
+        log_with=tracker_names(report_to) or None,
         project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=str(Path(project_dir) / LOGS_DIR)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -233,18 +236,23 @@ def make_stage(stage_plan: StagePlan, model: nn.Module, splits: data_module.Data
 ESTIMATE_SAMPLE_IMAGES = 64
 
 
+def split_for_run(settings: TrainSettings, train: data_module.LabelledImages, test: data_module.LabelledImages,
+                  class_names: list[str], val: data_module.LabelledImages | None):
+    """The run's train, validation and test images: split_data with the run's hold-out, few-shot and size caps."""
+    return data_module.split_data(
+        train, test, class_names, val_size=settings.val_size, shots_per_class=settings.shots_per_class,
+        train_fraction=settings.train_fraction, max_train_samples=settings.max_train_samples,
+        max_eval_samples=settings.max_eval_samples, seed=settings.seed, split_seed=settings.split_seed, val=val)
+
+
 def planned_sizes(opened: data_module.OpenedSplits, settings: TrainSettings) -> tuple[int, int, int]:
-    """The run's (train, validation, test) images, from the labels alone: split_data on images of no pixels."""
+    """The run's (train, validation, test) images, from the labels alone: the run's split of images of no pixels."""
     def labels_only(split) -> data_module.LabelledImages:
         labels = torch.tensor(split[opened.label_column], dtype=torch.int64)
         return data_module.LabelledImages(torch.empty(len(labels), 0, dtype=torch.uint8), labels)
     own_val = None if opened.validation is None else labels_only(opened.validation)
-    train, val, test = data_module.split_data(
-        labels_only(opened.train), labels_only(opened.test), opened.class_names, val_size=settings.val_size,
-        shots_per_class=settings.shots_per_class, train_fraction=settings.train_fraction,
-        max_train_samples=settings.max_train_samples, max_eval_samples=settings.max_eval_samples, seed=settings.seed,
-        split_seed=settings.split_seed, val=own_val)
-    return len(train), len(val), len(test)
+    splits = split_for_run(settings, labels_only(opened.train), labels_only(opened.test), opened.class_names, own_val)
+    return tuple(len(split) for split in splits)
 
 
 def say_run_estimate(accelerator: Accelerator, settings: TrainSettings, plan: RunPlan,
@@ -270,11 +278,13 @@ def say_run_estimate(accelerator: Accelerator, settings: TrainSettings, plan: Ru
     sample_splits = data_module.DataSplits(sample, sample, sample, opened.class_names, opened.image_column,
                                            opened.label_column)
     generator = torch.Generator(accelerator.device).manual_seed(settings.seed)
+    training = 0.0  # what a time budget bounds
     for stage_plan in stage_plans:
         stage = make_stage(stage_plan, model, sample_splits, preprocessing, generator, plan)
         trains_only(stage_plan)
-        parts.append((stage.name, estimate_stage_seconds(accelerator, stage, sample_splits, plan.loop,
-                                                         (train_images, val_images)), f"{stage.epochs} epoch(s)"))
+        seconds = estimate_stage_seconds(accelerator, stage, sample_splits, plan.loop, (train_images, val_images))
+        training += seconds
+        parts.append((stage.name, seconds, f"{stage.epochs} epoch(s)"))
     if not plan.strategy.frozen_backbone:  # a frozen backbone's final logits come from its cached features
         evaluated = val_images + test_images * (1 if settings.flip_tta == "off" else 2)
         batch = image_inputs(sample.images.to(accelerator.device), preprocessing, None)
@@ -286,7 +296,6 @@ def say_run_estimate(accelerator: Accelerator, settings: TrainSettings, plan: Ru
     if not accelerator.is_main_process:
         return
     total = sum(seconds for _, seconds, _ in parts)
-    training = sum(seconds for name, seconds, _ in parts[1:] if name not in ("features", "final evaluation"))
     budget = settings.max_train_minutes
     limit = f"; the {budget:g}-minute budget ends training sooner" if budget and budget * 60 < training else ""
     described = ", ".join(f"{name}: {what}, {seconds / 60:.1f} min" for name, seconds, what in parts)
@@ -344,8 +353,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
                         f"{preprocessing.image_size} px")
     model = model.to(accelerator.device, memory_format=torch.channels_last)
 
-    progress = checkpoint.read_progress(output_dir / CHECKPOINT_DIR) if settings.resume else None
-    first_stage = progress["stage_index"] if progress else 0  # a resumed run skips the stages it finished
+    # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
+    generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
+    run_state = start_or_resume(accelerator, output_dir / CHECKPOINT_DIR, generator, settings.resume)
+    first_stage = run_state.resume_stage or 0  # a resumed run skips the stages it finished
 
     def trains_only(stage_plan: StagePlan) -> None:  # what the stage updates: the head on features, else `trainable`
         model_module.freeze_all_but(model, model_module.classifier_parameters(model) if stage_plan.on_features
@@ -369,10 +380,7 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
         for split in (decoded.train, decoded.val, decoded.test):
             if split is not None:
                 split.features = frozen_features(split)
-    train, val, test = data_module.split_data(
-        decoded.train, decoded.test, class_names, val_size=settings.val_size, shots_per_class=settings.shots_per_class,
-        train_fraction=settings.train_fraction, max_train_samples=settings.max_train_samples,
-        max_eval_samples=settings.max_eval_samples, seed=settings.seed, split_seed=settings.split_seed, val=decoded.val)
+    train, val, test = split_for_run(settings, decoded.train, decoded.test, class_names, decoded.val)
     if frozen_features is not None and capped:
         for split in (train, val, test):
             split.features = frozen_features(split)
@@ -380,12 +388,9 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     split_sources = opened.sources.describe(len(val), len(test))
     if accelerator.is_main_process:
         tqdm.write(f"validation: {split_sources['validation']}; test: {split_sources['test']}")
-    # Opening the dataset, creating the model, decoding (or the image cache) and features (or the feature cache).
+    # Opening the dataset, creating the model, the estimate, decoding (or the image cache) and features (or the
+    # feature cache).
     data_seconds = time.perf_counter() - started
-    # Augmentation differs per process (each sees other images) but is reproducible for a given seed.
-    generator = torch.Generator(accelerator.device).manual_seed(settings.seed + accelerator.process_index)
-
-    run_state = start_or_resume(accelerator, output_dir / CHECKPOINT_DIR, generator, settings.resume)
     if plan.head_init == "class-means" and run_state.resume_stage is None:
         features = splits.train.features
         model_module.imprint_classifier(model, features, splits.train.labels.to(features.device))

@@ -130,3 +130,23 @@ def test_teach_tab_learns_two_classes_from_uploads(app_url, page, screenshots, t
     assert page.get_by_text("Cross-validated accuracy").is_visible()
     page.screenshot(path=str(screenshots / "teach.png"), full_page=True)
     assert (screenshots / "teach.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("width", [1400, 390])  # a desktop window and a phone
+def test_clicking_an_example_keeps_the_input_box_its_size(app_url, width):  # noqa: F811
+    """An example is a 32-px CIFAR-10 image: the box it lands in keeps its height instead of shrinking to it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(app_url)
+        page.get_by_text("What does this classifier see?").wait_for(timeout=60_000)
+        box = page.locator("[data-testid='image']").first
+        empty = box.bounding_box()
+        page.locator("button.gallery-item").first.click()
+        page.locator("[data-testid='image'] img").first.wait_for(timeout=30_000)
+        page.get_by_text("Predicted in").wait_for(timeout=60_000)
+        holding = box.bounding_box()
+        browser.close()
+    assert empty["height"] >= 300 and holding["height"] == empty["height"] and holding["width"] == empty["width"]

@@ -218,7 +218,9 @@ def build_demo(loaded: LoadedModel, examples_dir: Path | None = None, pretrained
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image")
+                    # A fixed height: without one the box shrinks to a clicked example's own 32 px.
+                    image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image",
+                                     height=CLASSIFY_IMAGE_HEIGHT)
                     submit = gr.Button("Classify", variant="primary")
                 with gr.Column():
                     label = gr.Label(num_top_classes=5, label="Top 5")
@@ -646,6 +648,7 @@ def add_teach_tab(loaded: LoadedModel, sample: TestSample | None, demo: gr.Block
 
 
 MANY_HEADERS = ["file", "top 1", "top 2", "top 3", "top-1 probability"]
+CLASSIFY_IMAGE_HEIGHT = 320  # px: the Classify tab's input box, empty or holding any image
 MANY_BATCH_SIZE = 8  # images decoded and classified together by /classify_many
 # The operator's opt-in to pushes with the server's own HF_TOKEN, honoured on a loopback-only server.
 PUSH_WITH_SERVER_TOKEN = "PUSH_WITH_SERVER_TOKEN"

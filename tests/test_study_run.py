@@ -97,6 +97,7 @@ def test_an_interrupted_study_keeps_finished_runs_and_resumes_the_killed_one(tin
     ("--shots-per-class", "2,ten", "'ten' is neither a positive whole number nor 'all'"),
     ("--shots-per-class", "1000", "leaves nothing to run: 1000 images per class: the smallest class has"),
     ("--budget", "forever", "invalid choice"),
+    ("--recipe", "speedrun", "a study's runs take theirs from --strategies"),
 ])
 def test_bad_study_options_stop_with_a_clear_message(tiny_dataset, pretrained_file, tmp_path, capsys, option, value,
                                                      message):

@@ -9,7 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn with timm)
+from tl_space import scratch_net, speedrun_net  # noqa: F401  (register tl_scratch_cnn, tl_speedrun_cnn in timm)
+from tl_space.transforms import to_model_input
 from tl_space.errors import UserError, failure
 
 MODEL_SOURCES = ("hf-hub:", "local-dir:")
@@ -102,6 +103,18 @@ def class_mean_weights(features: torch.Tensor, labels: torch.Tensor, classes: in
     # Features are not normalised at inference: dividing by their mean norm keeps logits on the cosine's scale.
     scale = IMPRINT_SCALE / float(features.float().norm(dim=1).mean().clamp(min=1e-6))
     return torch.nn.functional.normalize(means, dim=1) * scale
+
+
+@torch.no_grad()
+def initialise_from_data(model: nn.Module, images: torch.Tensor, preprocessing) -> bool:
+    """Set the layers a network initialises from its training data (the speedrun net's whitening convolution) from
+    uint8 training images; whether it had any."""
+    whiten_from = getattr(model, "whiten_from", None)
+    if whiten_from is None:
+        return False
+    device = next(model.parameters()).device
+    whiten_from(to_model_input(images[:speedrun_net.WHITENING_IMAGES].to(device), preprocessing))
+    return True
 
 
 @torch.no_grad()

@@ -33,6 +33,15 @@ CPU_DEFAULTS_REASON = ("the recipe that reached 91.6% on CIFAR-10 within an hour
                        "a GPU's defaults are a full fine-tune of resnet18.a1_in1k at 224 px for 5 epochs")
 
 
+# Named recipes (--recipe): the options each sets where the command line leaves them at their defaults.
+# speedrun: airbench's design for CIFAR-10 from scratch (tl_space/speedrun_net.py), in this project's AdamW loop,
+# whose recipe parts are its own options: label smoothing, flip and translate on the device, a weight average,
+# warm-up then cosine decay, flip test-time augmentation.
+RECIPES = {
+    "speedrun": {"strategy": "scratch", "model": "tl_speedrun_cnn", "image_size": 32, "batch_size": 256,
+                 "epochs": 10, "lr": 2e-3, "label_smoothing": 0.2, "ema_decay": 0.99},
+}
+
 # Options for the stages that train on images (all default off); a strategy that trains only a head takes none.
 IMAGE_TRAINING_OPTIONS = ("label_smoothing", "mixup", "cutmix", "random_erasing", "ema_decay", "freeze_depthwise",
                           "progressive_resize")
@@ -62,6 +71,17 @@ def with_machine_defaults(settings: TrainSettings, on_gpu: bool) -> tuple[TrainS
             name == "max_train_minutes" and settings.epochs is not None)
         if not user_chose:
             picked[name] = value
+    return dataclasses.replace(settings, **picked), picked
+
+
+def with_recipe(settings: TrainSettings) -> tuple[TrainSettings, dict]:
+    """The settings with --recipe's options set where the command line left them at their defaults, and those."""
+    if settings.recipe is None:
+        return settings, {}
+    if settings.recipe not in RECIPES:
+        raise UserError(f"--recipe {settings.recipe!r} is not one of {', '.join(RECIPES)}")
+    picked = {name: value for name, value in RECIPES[settings.recipe].items()
+              if getattr(settings, name) == SETTING_DEFAULTS[name]}
     return dataclasses.replace(settings, **picked), picked
 
 
@@ -96,6 +116,8 @@ class TrainSettings:
     model: str | None = option(None, "any timm model name; its ImageNet weights come from the Hub unless "
                                      "--pretrained-file; if unset, the machine's default (below)")
     pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
+    recipe: str | None = option(None, "a named recipe: " + ", ".join(RECIPES) + " (speedrun: airbench's network and "
+                                "recipe for CIFAR-10 from scratch); it sets the options left at their defaults")
     strategy: str | None = option(None, "what is trained: " + "; ".join(
         f"{s.name}: {s.description}" for s in strategies.STRATEGIES.values())
         + "; if unset, the machine's default (below)", choices=strategies.NAMES)

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn with timm)
+from tl_space import scratch_net, speedrun_net  # noqa: F401  (register tl_scratch_cnn, tl_speedrun_cnn in timm)
 from tl_space.errors import UserError
 from tl_space.folder import metrics as metrics_schema
 from tl_space.folder.fields import check_served_fields

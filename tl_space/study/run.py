@@ -124,6 +124,10 @@ def check_study(study: StudySettings) -> None:
         raise UserError(f"--budget {study.budget!r} is not one of {', '.join(BUDGETS)}")
     if study.seeds <= 0 or study.repeat_up_to < 0 or study.minutes <= 0:
         raise UserError("--seeds and --minutes must be greater than 0, --repeat-up-to not negative")
+    if study.training.recipe is not None:
+        raise UserError(f"--recipe {study.training.recipe} sets one run's strategy and model; a study's runs take theirs "
+                        "from --strategies, its scratch row from --scratch-model and --scratch-image-size "
+                        "(e.g. tl_speedrun_cnn at 32)")
     for strategy in parse_strategies(study.strategies):  # each as its runs will be set up
         check_settings(run_settings(study, PlannedRun(strategy, None, study.training.seed)))
 

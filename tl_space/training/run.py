@@ -26,7 +26,7 @@ from tl_space.folder.files import CHECKPOINT_DIR, LOGS_DIR, METRICS_FILE, differ
 from tl_space.folder.metrics import metrics_record
 from tl_space.folder.write import write_model_folder
 from tl_space.settings import (COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, TrainSettings, check_settings,
-                               describe_defaults, with_machine_defaults)
+                               describe_defaults, with_machine_defaults, with_recipe)
 from tl_space.strategies import STRATEGIES, StagePlan, Strategy, keeps_batchnorm_statistics, stages
 from tl_space.training import checkpoint
 from tl_space.training.batches import FEATURE_BATCH_SIZE, feature_inputs, image_inputs
@@ -313,6 +313,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     owns_accelerator = accelerator is None
     accelerator = accelerator or make_accelerator(settings.mixed_precision, settings.report_to, settings.output_dir)
     on_gpu = accelerator.device.type != "cpu"
+    settings, from_recipe = with_recipe(settings)
+    if from_recipe and accelerator.is_main_process:
+        tqdm.write(f"--recipe {settings.recipe} sets " + " ".join(
+            f"--{name.replace('_', '-')} {value}" for name, value in from_recipe.items()))
     settings, picked = with_machine_defaults(settings, on_gpu)
     if picked and accelerator.is_main_process:
         tqdm.write(describe_defaults(picked, on_gpu))
@@ -391,6 +395,9 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     # Opening the dataset, creating the model, the estimate, decoding (or the image cache) and features (or the
     # feature cache).
     data_seconds = time.perf_counter() - started
+    if not plan.strategy.pretrained and run_state.resume_stage is None:
+        if model_module.initialise_from_data(model, splits.train.images, preprocessing) and accelerator.is_main_process:
+            tqdm.write(f"{settings.model}: its first layer set from the training images' statistics (whitening)")
     if plan.head_init == "class-means" and run_state.resume_stage is None:
         features = splits.train.features
         model_module.imprint_classifier(model, features, splits.train.labels.to(features.device))

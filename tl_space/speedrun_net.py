@@ -1,0 +1,110 @@
+"""A speedrun network for 32-px images, written from airbench's published design, registered in timm as
+`tl_speedrun_cnn`: the strongest known recipe for training CIFAR-10 from scratch, as the peer transfer must beat.
+
+The design (Keller Jordan, cifar10-airbench, airbench94):
+- a 2x2 convolution whose weights are the data's whitening transform: the eigenvectors of the covariance of 2x2
+  patches of training images, scaled by 1 / sqrt(eigenvalue), and their negatives (24 channels); its weights stay
+  fixed, its bias trains; then GELU;
+- three groups, each a 3x3 convolution, 2x2 max-pooling, BatchNorm, GELU, a second 3x3 convolution, BatchNorm, GELU;
+  the convolutions start as identities where their shapes allow (dirac), the BatchNorms' scales stay 1;
+- 3x3 max-pooling of the last 4x4 map, a linear head without bias, its logits scaled by 1/9.
+The rest of the recipe (label smoothing, flip and translate on the device, a weight average, warm-up then decay,
+flip test-time augmentation) is the training loop's own, named in settings.RECIPES["speedrun"].
+
+What changed for a 2-core CPU in fp32, and why (measured by bench/bench_speedrun.py):
+- the widths are an argument: airbench's 64-256-256 costs about 0.3 GFLOP per image forward; the CPU recipe takes
+  the width that fits the most epochs of all of CIFAR-10 into an hour (settings.RECIPES);
+- fp32 throughout: airbench runs fp16 on a GPU, where BatchNorm stays fp32; this CPU has no fast half precision.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from tl_space.scratch_net import CIFAR_MEAN, CIFAR_STD
+
+WHITENING_KERNEL = 2
+WHITENING_EPS = 5e-4
+WHITENING_IMAGES = 5000  # airbench whitens with the patches of 5,000 training images
+LOGIT_SCALE = 1 / 9
+
+
+class FixedScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose scale stays 1 (only its shift trains), with airbench's fast running statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-12, momentum=0.4)
+        self.weight.requires_grad = False
+
+
+def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    nn.init.dirac_(conv.weight.data[:in_channels])  # an identity path where the shapes allow
+    return conv
+
+
+class ConvGroup(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(_conv(in_channels, out_channels), nn.MaxPool2d(2), FixedScaleBatchNorm(out_channels),
+                         nn.GELU(), _conv(out_channels, out_channels), FixedScaleBatchNorm(out_channels), nn.GELU())
+
+
+class SpeedrunCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (64, 256, 256),
+                 drop_rate: float = 0.0, **kwargs):
+        super().__init__()
+        whitened = 2 * in_chans * WHITENING_KERNEL ** 2
+        self.num_classes, self.num_features = num_classes, widths[-1]
+        whiten = nn.Conv2d(in_chans, whitened, WHITENING_KERNEL, padding=0, bias=True)
+        whiten.weight.requires_grad = False  # set from the data by whiten_from
+        nn.init.zeros_(whiten.bias)
+        self.stem = nn.Sequential(whiten, nn.GELU())
+        self.stages = nn.Sequential(*[ConvGroup(a, b) for a, b in zip((whitened, *widths[:-1]), widths)])
+        self.feature_info = [dict(num_chs=whitened, reduction=1, module="stem")] + [
+            dict(num_chs=width, reduction=2 ** (index + 1), module=f"stages.{index}") for index, width in enumerate(widths)]
+        self.head = nn.Linear(widths[-1], num_classes, bias=False) if num_classes else nn.Identity()
+
+    @torch.no_grad()
+    def whiten_from(self, images: torch.Tensor) -> None:
+        """Set the first convolution to the whitening transform of these normalised training images' patches."""
+        images = images[:WHITENING_IMAGES].float()
+        channels, kernel = images.shape[1], WHITENING_KERNEL
+        patches = images.unfold(2, kernel, 1).unfold(3, kernel, 1).permute(0, 2, 3, 1, 4, 5)
+        flat = patches.reshape(-1, channels * kernel * kernel).double()
+        covariance = flat.T @ flat / len(flat)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + WHITENING_EPS)[:, None]).reshape(-1, channels, kernel, kernel)
+        whiten = self.stem[0]
+        whiten.weight.copy_(torch.cat([filters, -filters]).to(whiten.weight.dtype))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes, bias=False) if num_classes else nn.Identity()
+
+    def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(inputs))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = nn.functional.max_pool2d(features, 3).flatten(1)  # the 4x4 map's top-left 3x3, as airbench pools
+        return pooled if pre_logits else self.head(pooled) * LOGIT_SCALE
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(inputs))
+
+
+default_cfgs = generate_default_cfgs({
+    "tl_speedrun_cnn": dict(url="", num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0,
+                            interpolation="bilinear", mean=CIFAR_MEAN, std=CIFAR_STD, first_conv="stem.0",
+                            classifier="head"),
+})
+
+
+@register_model
+def tl_speedrun_cnn(pretrained: bool = False, **kwargs) -> SpeedrunCNN:
+    """airbench94's network: 64-256-256 channels (`widths=` narrows it), 1.97 M parameters; no pretrained weights."""
+    return build_model_with_cfg(SpeedrunCNN, "tl_speedrun_cnn", pretrained, **kwargs)

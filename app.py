@@ -17,7 +17,7 @@ from tl_space.app.compare import SAMPLE_FILE, Comparison, TestSample, load_compa
 from tl_space.app.memory import bound_native_memory
 from tl_space.app.ui import QUEUE_MAX_SIZE, build_demo, build_error_page
 from tl_space.errors import UserError
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.images import MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parent
@@ -63,7 +63,7 @@ def create_demo(model_id: str | None = None, study_id: str | None = None) -> gr.
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Gradio decodes uploads with PIL too: same bound there
     log = logging.getLogger("tl_space.app")
     try:
-        loaded = load_model_folder(model_id, study_id)
+        loaded = load_served_model(model_id, study_id)
         return build_demo(loaded, examples_dir=ROOT / "examples", pretrained_file=os.environ.get("PRETRAINED_FILE"),
                           queue_max_size=int(os.environ.get("QUEUE_MAX_SIZE", QUEUE_MAX_SIZE)),
                           comparison=comparison_or_none(os.environ.get("COMPARE_ID")),

@@ -4,8 +4,7 @@ import sys
 
 from tl_space.errors import exit_code
 from tl_space.settings import parse_settings
-from tl_space.training import run
+from tl_space.training.run import run
 
 if __name__ == "__main__":
-    settings = parse_settings()
-    sys.exit(exit_code(lambda: run(settings)))
+    sys.exit(exit_code(lambda: run(parse_settings())))

@@ -20,10 +20,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tl_space.folder.read import load_model_folder  # noqa: E402
-from tl_space.app.inference import class_probabilities  # noqa: E402
+from tl_space.app.served import load_served_model  # noqa: E402
 from tl_space.images import open_image  # noqa: E402
-from tl_space.app.local_app import running_app  # noqa: E402
+from tests.support.local_app import running_app  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -64,11 +63,11 @@ def main() -> None:
         client.predict(handle_file(str(inputs["32x32"])), api_name="/classify")
         startup = time.perf_counter() - started
 
-        loaded = load_model_folder(args.model)
+        loaded = load_served_model(args.model)
         rows = []
         for name, path in inputs.items():
             served = time_calls(lambda: client.predict(handle_file(str(path)), api_name="/classify"), args.requests)
-            local = time_calls(lambda: class_probabilities(loaded, open_image(path)), args.requests)
+            local = time_calls(lambda: loaded.class_probabilities(open_image(path)), args.requests)
             rows.append((name, statistics.median(local), percentile(local, 0.95),
                          statistics.median(served), percentile(served, 0.95)))
 

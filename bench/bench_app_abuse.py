@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tl_space.app import storage as storage_module  # noqa: E402
-from tl_space.app.local_app import resident_memory_mb, running_app  # noqa: E402
+from tests.support.local_app import resident_memory_mb, running_app  # noqa: E402
 
 
 def peak_rss_during(pid: int, call) -> float:

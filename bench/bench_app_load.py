@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_app import make_inputs, percentile  # noqa: E402
-from tl_space.folder.read import load_model_folder  # noqa: E402
-from tl_space.app.local_app import answer_values, resident_memory_mb, running_app, same_answer  # noqa: E402
+from tl_space.app.served import load_served_model  # noqa: E402
+from tests.support.local_app import answer_values, resident_memory_mb, running_app, same_answer  # noqa: E402
 
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 
@@ -126,7 +126,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-app-load-"))
     inputs = make_inputs(workdir)
     images = [inputs["32x32"], inputs["1024x768"], *sorted((ROOT / "examples").glob("*.png"))]
-    calls = planned_calls(images, load_model_folder(args.model).label_names)
+    calls = planned_calls(images, load_served_model(args.model).label_names)
     env = {"PRETRAINED_FILE": args.pretrained_file} if args.pretrained_file else {}
     memories = {}
     for allocator in ALLOCATORS if args.allocator == "both" else [args.allocator]:

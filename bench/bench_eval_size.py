@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tl_space.data import decode_images, open_dataset  # noqa: E402
-from tl_space.folder.read import load_model_folder  # noqa: E402
+from tl_space.app.served import load_served_model  # noqa: E402
 from tl_space.transforms import to_model_input  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    loaded = load_model_folder(args.model)
+    loaded = load_served_model(args.model)
     trained = loaded.preprocessing.image_size
     sizes = [int(size) for size in args.sizes.split(",")] if args.sizes else [
         trained, trained + trained // 6, trained + trained // 3, trained + 2 * trained // 3]

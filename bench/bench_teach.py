@@ -24,9 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from tl_space import data  # noqa: E402
 from tl_space.app import teach  # noqa: E402
-from tl_space.app.inference import class_probabilities  # noqa: E402
-from tl_space.app.local_app import running_app  # noqa: E402
-from tl_space.folder.read import load_model_folder  # noqa: E402
+from tests.support.local_app import running_app  # noqa: E402
+from tl_space.app.served import load_served_model  # noqa: E402
 from tl_space.images import open_image  # noqa: E402
 
 
@@ -55,15 +54,15 @@ def main() -> None:
     teach_files = write_images(workdir / "teach", args.dataset, args.classes, args.per_class, offset=0)
     many_files = write_images(workdir / "many", args.dataset, 10, 10, offset=args.per_class)
 
-    loaded = load_model_folder(args.model)
+    loaded = load_served_model(args.model)
     started = time.perf_counter()  # baseline: a plain loop, one image at a time, no cross-validation
-    features = torch.cat([teach.backbone_features(loaded, [open_image(path)]) for path in teach_files]).clone()
+    features = torch.cat([loaded.features([open_image(path)]) for path in teach_files]).clone()
     labels = torch.tensor([index for index in range(args.classes) for _ in range(args.per_class)])
     teach.fit_head(features, labels, args.classes)
     loop_teach = time.perf_counter() - started
     started = time.perf_counter()
     for path in many_files:
-        class_probabilities(loaded, open_image(path))
+        loaded.class_probabilities(open_image(path))
     loop_many = time.perf_counter() - started
 
     from gradio_client import Client, handle_file

@@ -1,4 +1,5 @@
-"""Fixtures: a tiny real image dataset in the Hub's parquet layout, and a tiny timm model's weights file."""
+"""Fixtures: a tiny real image dataset in the Hub's parquet layout, a tiny timm model's weights file, model folders
+trained from them by train.py's code, and the real app serving one (tests/support holds the helpers)."""
 
 import os
 
@@ -13,12 +14,16 @@ import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from gradio_client import Client  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+
+from support.hub import FAKE_TOKEN  # noqa: E402
+from support.local_app import running_app  # noqa: E402
+from support.runs import TINY_MODEL, tiny_settings  # noqa: E402
 
 # Six classes, more than the app's top 5; each lights one or two colour channels.
 CLASS_CHANNELS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1), "cyan": (1, 2), "magenta": (0, 2)}
 CLASS_NAMES = list(CLASS_CHANNELS)
-TINY_MODEL = "test_resnet"
 
 
 def colour_images(count_per_class: int, size: int, seed: int) -> tuple[list[Image.Image], list[int]]:
@@ -96,3 +101,85 @@ def tiny_study(tiny_dataset, pretrained_file, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("study") / "colours"
     assert main(study_arguments(tiny_dataset, pretrained_file, folder)) == 0
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_dataset, pretrained_file, tmp_path_factory):
+    """A linear probe trained by train.py's code (~76%: learned, with mistakes to show)."""
+    from tl_space.training.run import run
+
+    folder = tmp_path_factory.mktemp("app") / "model"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tiny_dataset, pretrained_file, tmp_path_factory) -> Path:
+    """The same kind of run as model_folder, for the tests that serve it as a Space would (and copy it first)."""
+    from tl_space.training.run import run
+
+    folder = tmp_path_factory.mktemp("deployed") / "colours"
+    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_url(model_folder, pretrained_file, tmp_path_factory):
+    """`python app.py` with MODEL_ID set, as a user starts it (PRETRAINED_FILE: the backbone's weights, offline);
+    stopped after the module's tests."""
+    with running_app(str(model_folder), tmp_path_factory.mktemp("app-cwd"),
+                     env={"PRETRAINED_FILE": str(pretrained_file)}) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def sample_images(tmp_path_factory):
+    """One image of each class, named after it, at the tiny dataset's size."""
+    folder = tmp_path_factory.mktemp("uploads")
+    images, labels = colour_images(1, 16, seed=7)
+    paths = []
+    for image, label in zip(images, labels):
+        paths.append(folder / f"{CLASS_NAMES[label]}.png")
+        image.save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def compare_folder(tiny_dataset, pretrained_file, tmp_path_factory):
+    """A good run and a weak one (a linear probe that hardly trained), bundled with 30 test images."""
+    from tl_space.app.bundle import bundle
+    from tl_space.training.run import run
+
+    runs = tmp_path_factory.mktemp("runs")
+    good = run(tiny_settings(tiny_dataset, runs / "good", pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))
+    weak = run(tiny_settings(tiny_dataset, runs / "weak", pretrained_file, strategy="linear-probe", epochs=1,
+                             lr=1e-3))
+    folder = tmp_path_factory.mktemp("bundle") / "compare"
+    bundle([good, weak], str(tiny_dataset), folder, count=30)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def upload(tmp_path_factory):
+    path = tmp_path_factory.mktemp("upload") / "red.png"
+    colour_images(1, 16, seed=5)[0][0].save(path)
+    return path
+
+
+@pytest.fixture
+def logged_in(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def quick_folder(tmp_path_factory, pretrained_file) -> Path:
+    """A model folder in seconds (support/folders.py): not trained, written as train.py writes one."""
+    from support.folders import quick_model_folder
+
+    images, labels = colour_images(4, 16, seed=11)
+    return quick_model_folder(tmp_path_factory.mktemp("quick") / "quick", pretrained_file, CLASS_NAMES, images, labels)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -18,14 +17,13 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import CLASS_NAMES, colour_images
-from test_app_deployed import REPO_ID, hub_cache_copy, outside_work_and_temp, trained_folder  # noqa: F401
-from test_training_run import tiny_settings
+from support.hub import REPO_ID, hub_cache_copy, outside_work_and_temp
+from support.runs import ROOT, tiny_settings
 from tl_space.app import storage as storage_module
-from tl_space.app.local_app import running_app
+from support.local_app import running_app
 from tl_space.errors import UserError
 from tl_space.images import open_image
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,7 @@ def _images(folder: Path, per_class: int, classes=CLASS_NAMES[:3], seed=3, size=
     return paths
 
 
+@pytest.mark.slow
 def test_one_image_per_class_teaches_and_says_why_it_is_not_cross_validated(served, tmp_path):
     summary, archive, *_ = Client(served["url"], verbose=False).predict(
         [handle_file(str(path)) for path in _images(tmp_path, 1)], api_name="/teach")
@@ -76,6 +75,7 @@ def test_a_huge_upload_is_held_as_a_small_centre_square(tmp_path):
     assert 320 <= small.width < 640 and np.asarray(small)[0, 0].tolist() == pytest.approx([200, 30, 30], abs=3)
 
 
+@pytest.mark.slow
 def test_re_teaching_replaces_the_sessions_model_and_storage_is_capped(served, tmp_path):
     client = Client(served["url"], verbose=False)
     files = [handle_file(str(path)) for path in _images(tmp_path, 3)]
@@ -99,6 +99,7 @@ def test_re_teaching_replaces_the_sessions_model_and_storage_is_capped(served, t
     assert [entry.exists() for entry in entries] == [False, False, True, True] and store.stored_bytes() == 2000
 
 
+@pytest.mark.slow
 def test_a_killed_apps_files_go_at_the_next_start_and_a_stopped_apps_on_sigterm(served, tmp_path):
     root = tmp_path / "gradio" / storage_module.ROOT_NAME
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -118,10 +119,11 @@ def test_a_killed_apps_files_go_at_the_next_start_and_a_stopped_apps_on_sigterm(
     assert not folder.exists()
 
 
+@pytest.mark.slow
 def test_an_anonymous_push_never_borrows_the_servers_token(served, monkeypatch):
     sys.path.insert(0, str(ROOT))
     import app
-    from tl_space.app.ui import operator_token_allowed
+    from tl_space.app.tabs.teach import operator_token_allowed
 
     demo = app.create_demo(str(ROOT / "model"))
     monkeypatch.delenv("PUSH_WITH_SERVER_TOKEN", raising=False)
@@ -134,6 +136,7 @@ def test_an_anonymous_push_never_borrows_the_servers_token(served, monkeypatch):
     assert not any(block.get("type") == "loginbutton" for block in demo.config["components"])  # off a Space
 
 
+@pytest.mark.slow
 def test_one_session_flooding_heavy_jobs_is_refused_past_its_share_and_others_still_classify(served, tmp_path):
     files = [handle_file(str(path)) for path in _images(tmp_path, 8, classes=CLASS_NAMES)]
     flooder = Client(served["url"], verbose=False)
@@ -173,6 +176,7 @@ FORGED_FIELDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", FORGED_FIELDS)
 def test_a_forged_folder_field_gives_the_error_page_naming_it(field, trained_folder, tmp_path):  # noqa: F811
     file, keys, value = FORGED_FIELDS[field]
@@ -187,8 +191,9 @@ def test_a_forged_folder_field_gives_the_error_page_naming_it(field, trained_fol
     assert str(tmp_path) not in page
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_first_checkpoint_resumes_cleanly(tiny_dataset, pretrained_file, tmp_path):
-    from tl_space.training import run
+    from tl_space.training.run import run
 
     for resume in (True, False):
         folder = tmp_path / f"killed-{resume}"
@@ -225,6 +230,7 @@ def test_a_corrupt_training_image_and_an_unknown_label_are_named(tmp_path, pretr
         open_splits(str(_dataset_with(tmp_path / "label", bad_image=False, bad_label=15)))
 
 
+@pytest.mark.slow
 def test_duplicate_blank_and_too_many_are_refused_or_named(served, tmp_path):
     sys.path.insert(0, str(ROOT))
     import gradio as gr
@@ -246,13 +252,14 @@ def test_duplicate_blank_and_too_many_are_refused_or_named(served, tmp_path):
     assert any(line.startswith("red_50.png: its class already has 50") for line in summary["skipped"]), summary
 
 
+@pytest.mark.slow
 def test_hostile_class_names_are_plain_text_in_plots_and_the_card(served, tmp_path):
     sys.path.insert(0, str(ROOT))
     import app
     from tl_space.app import teach as teaching
-    from tl_space.app.ui import confusion_figure
+    from tl_space.app.tabs.teach import confusion_figure
 
-    loaded = app.load_model_folder(str(ROOT / "model"))
+    loaded = app.load_served_model(str(ROOT / "model"))
     images, labels = colour_images(3, 16, seed=4)
     names = ["$\\foo$", "<script>alert(1)</script>", "[x](javascript:alert(1))"]
     examples = {name: [image for image, label in zip(images, labels) if label == index] for index, name in

@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 
 from conftest import CLASS_NAMES
-from test_app_compare import compare_folder, upload  # noqa: F401  (shared fixtures)
-from test_app_ui import app_url, client, model_folder, sample_images  # noqa: F401  (shared fixtures)
-from tl_space.app.local_app import running_app, wait_for_images
+from support.local_app import running_app, wait_for_images
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 # CI installs chromium (.ci/run); elsewhere a missing browser skips instead of failing.
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                                 reason="Debian's chromium is not installed")]
 
 
 @pytest.fixture

@@ -8,34 +8,14 @@ import torch
 from gradio_client import Client, handle_file
 from safetensors.torch import load_file
 
-from conftest import CLASS_NAMES, colour_images
-from test_training_run import tiny_settings
-from tl_space.app.compare import SAMPLE_FILE, bundle, load_comparison
-from tl_space.app.inference import class_probabilities
-from tl_space.app.local_app import answer_values, running_app
+from conftest import CLASS_NAMES
+from tl_space.app.compare import SAMPLE_FILE, load_comparison
+from support.local_app import answer_values, running_app
 from tl_space.errors import UserError
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.images import open_image
-from tl_space.training import run
 
-
-@pytest.fixture(scope="module")
-def compare_folder(tiny_dataset, pretrained_file, tmp_path_factory):
-    """A good run and a weak one (a linear probe that hardly trained), bundled with 30 test images."""
-    runs = tmp_path_factory.mktemp("runs")
-    good = run(tiny_settings(tiny_dataset, runs / "good", pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))
-    weak = run(tiny_settings(tiny_dataset, runs / "weak", pretrained_file, strategy="linear-probe", epochs=1,
-                             lr=1e-3))
-    folder = tmp_path_factory.mktemp("bundle") / "compare"
-    bundle([good, weak], str(tiny_dataset), folder, count=30)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def upload(tmp_path_factory):
-    path = tmp_path_factory.mktemp("upload") / "red.png"
-    colour_images(1, 16, seed=5)[0][0].save(path)
-    return path
+pytestmark = pytest.mark.slow  # end to end: train.py's code, or the app on a port
 
 
 def test_the_bundle_holds_the_runs_and_a_stratified_sample(compare_folder):
@@ -57,7 +37,7 @@ def test_compare_answers_what_each_run_answers_alone(compare_folder, upload, tmp
     labels, heatmaps = answer[:3], answer[3:]
     assert not labels[2] and heatmaps[2] is None  # two runs, three slots: the third empty
     for index, name in enumerate(("good", "weak")):
-        alone = class_probabilities(load_model_folder(str(compare_folder / name)), open_image(upload))
+        alone = load_served_model(str(compare_folder / name)).class_probabilities(open_image(upload))
         served = answer_values("/classify", [labels[index]])
         assert served.keys() <= alone.keys() and all(abs(served[key] - alone[key]) < 1e-5 for key in served)
         assert heatmaps[index]
@@ -91,7 +71,7 @@ def test_the_compare_tab_says_whether_the_served_model_is_among_its_runs(compare
     comparison = load_comparison(str(compare_folder))
 
     def compare_text(served_folder):
-        demo = build_demo(load_model_folder(str(served_folder)), comparison=comparison)
+        demo = build_demo(load_served_model(str(served_folder)), comparison=comparison)
         return " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
 
     assert "(which `good` is the model this page serves)" in compare_text(compare_folder / "good")

@@ -1,11 +1,9 @@
 """The Space as deployed: someone else's model folder in the Hub cache, outside the working and temp dirs, served to
 forged API calls and to many visitors at once; and every way a folder can fail to load."""
 
-import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -18,48 +16,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import CLASS_NAMES, colour_images
-from test_training_run import tiny_settings
-from tl_space.app.local_app import answer_values, running_app, same_answer
-from tl_space.training import run
+from support.hub import REPO_ID, hub_cache_copy, outside_work_and_temp
+from support.runs import ROOT
+from support.local_app import answer_values, running_app, same_answer
 
-ROOT = Path(__file__).resolve().parent.parent
-REPO_ID = "someone/colours"
+pytestmark = pytest.mark.slow  # end to end: train.py's code, or the app on a port
+
 SECRET = "TOKEN-THAT-MUST-NOT-LEAK-" + uuid.uuid4().hex
-
-
-def outside_work_and_temp() -> Path:
-    """A fresh folder under the home directory's cache, as a Space's Hub cache is: neither under the working
-    directory nor under the temp dir, so Gradio's own path checks do not cover it."""
-    folder = Path.home() / ".cache" / f"tl-space-tests-{uuid.uuid4().hex[:12]}"
-    folder.mkdir(parents=True)
-    for other in (Path(tempfile.gettempdir()), ROOT, Path.cwd()):
-        assert not folder.resolve().is_relative_to(other.resolve()), other
-    return folder
-
-
-def hub_cache_copy(folder: Path, hub_cache: Path, repo_id: str) -> Path:
-    """folder laid out as huggingface_hub caches a downloaded repo (blobs, refs/main, snapshots/<commit> with links
-    into blobs); returns the snapshot folder. snapshot_download finds it offline."""
-    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for file in sorted(path for path in folder.rglob("*") if path.is_file()):
-        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, blob)
-        link = snapshot / file.relative_to(folder)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../" * len(link.relative_to(repo).parts[1:])) / blob.relative_to(repo))
-    return snapshot
-
-
-@pytest.fixture(scope="module")
-def trained_folder(tiny_dataset, pretrained_file, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("deployed") / "colours"
-    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))
-    return folder
 
 
 def add_hostile_records(folder: Path, outside: Path) -> int:

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import CLASS_NAMES, TINY_MODEL
-from tl_space.folder.read import LoadedModel
+from tl_space.app.served import ServedModel
 from tl_space.transforms import Preprocessing
-from tl_space.app.ui import classify
+from tl_space.app.tabs.classify import classify
 
 # Mode and the formats that can store it.
 MODES = {"1": ("PNG", "BMP", "TIFF", "GIF"), "L": ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"),
@@ -28,14 +28,14 @@ PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_che
 
 
 @pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
+def loaded() -> ServedModel:
     torch.manual_seed(0)
     model = timm.create_model(TINY_MODEL, num_classes=len(CLASS_NAMES)).eval()
     preprocessing = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bicubic")
-    return LoadedModel(model, CLASS_NAMES, preprocessing, {}, [], Path("."), "test")
+    return ServedModel(model, CLASS_NAMES, preprocessing, {}, [], Path("."), "test")
 
 
-def _check_answer(loaded: LoadedModel, content: bytes) -> None:
+def _check_answer(loaded: ServedModel, content: bytes) -> None:
     with tempfile.NamedTemporaryFile(suffix=".upload") as upload:
         upload.write(content)
         upload.flush()

@@ -10,8 +10,7 @@ import torch
 from gradio_client import Client, handle_file
 
 from conftest import CLASS_NAMES, colour_images
-from test_app_ui import app_url, model_folder  # noqa: F401  (shared fixtures)
-from tl_space.app.local_app import running_app
+from support.local_app import running_app
 from tl_space.images import image_tensor
 from tl_space.transforms import preprocessing_for, to_model_input
 
@@ -27,6 +26,7 @@ def _teach_files(folder, classes, per_class=10, seed=11):
     return paths
 
 
+@pytest.mark.slow
 def test_teaching_three_classes_gives_a_model_folder_that_timm_loads(app_url, tmp_path):  # noqa: F811
     files = _teach_files(tmp_path, ["red", "green", "blue"])
     (tmp_path / "red_broken.png").write_text("not an image")
@@ -58,12 +58,13 @@ def _unzipped_model(archive, folder):
     return timm.create_model(f"local-dir:{folder / 'taught-model'}", pretrained=True).eval()
 
 
+@pytest.mark.slow
 def test_teaching_cifar10_classes_on_the_bundled_model_learns_them(tmp_path):
     """The bundled lite0 model's backbone, taught cat, ship and frog from 10 CIFAR-10 test images each (the bundled
     sample), classifies the sample's 40 other images of each class."""
     import app
 
-    sample = app.teach_sample_or_none(app.load_model_folder(str(app.DEFAULT_MODEL)).label_names)
+    sample = app.teach_sample_or_none(app.load_served_model(str(app.DEFAULT_MODEL)).label_names)
     classes = ["cat", "ship", "frog"]
     taught, held_out = [], []
     for name in classes:
@@ -86,6 +87,7 @@ def test_teaching_cifar10_classes_on_the_bundled_model_learns_them(tmp_path):
     assert (predicted == torch.tensor([label for _, label in held_out])).double().mean() > 0.6
 
 
+@pytest.mark.slow
 def test_a_class_with_no_usable_image_stops_the_teach_with_one_sentence(app_url, tmp_path):  # noqa: F811
     files = _teach_files(tmp_path, ["red", "green"], per_class=3)
     (tmp_path / "blue_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -99,6 +101,7 @@ def test_a_class_with_no_usable_image_stops_the_teach_with_one_sentence(app_url,
     assert "/" not in summary["skipped"][0]  # no server path
 
 
+@pytest.mark.slow
 def test_two_visitors_teaching_at_once_each_get_their_own_classes(app_url, tmp_path):  # noqa: F811
     groups = {"first": ["red", "green", "blue"], "second": ["yellow", "cyan", "magenta"]}
     probe = _teach_files(tmp_path / "probe", ["red"], per_class=1, seed=5) if (tmp_path / "probe").mkdir() is None else []
@@ -126,7 +129,7 @@ def test_a_push_goes_to_the_visitors_own_account_never_with_the_servers_token(tm
 
     from huggingface_hub import HfApi
 
-    from test_hub import FakeHub
+    from support.hub import FakeHub
     from tl_space.app.teach import push_taught
     from tl_space.errors import UserError
 
@@ -160,9 +163,50 @@ def test_a_push_goes_to_the_visitors_own_account_never_with_the_servers_token(tm
 
 def test_the_bundled_sample_offers_cifar10_test_images_only_to_a_cifar10_model():
     import app
-    from tl_space.folder.read import load_model_folder as load
+    from tl_space.app.served import load_served_model as load
 
     sample = app.teach_sample_or_none(load(str(app.DEFAULT_MODEL)).label_names)
     assert sample is not None and len(sample.labels) == 500
     assert torch.bincount(sample.labels).tolist() == [50] * 10 and sample.images.shape[1:] == (3, 32, 32)
     assert app.teach_sample_or_none(CLASS_NAMES) is None
+
+
+def test_teach_cross_validates_calibrates_and_writes_a_folder_timm_loads(quick_folder, tmp_path):
+    """app/teach.py itself, without a server: the head, its cross-validated score, and the folder it writes."""
+    from tl_space.app import teach as teaching
+    from tl_space.app.served import load_served_model
+    from tl_space.app.storage import Storage
+    from tl_space.folder.metrics import read_metrics
+
+    served = load_served_model(str(quick_folder))
+    images, labels = colour_images(8, 16, seed=21)
+    examples = {name: [image for image, label in zip(images, labels) if CLASS_NAMES[label] == name]
+                for name in ("red", "green", "blue")}
+    taught = teaching.teach(served, examples, ["x.png: not an image"], store=Storage(tmp_path / "store"))
+    summary = taught.summary
+    assert summary["folds"] == 8 and summary["cross_validated_accuracy"] is not None
+    assert summary["skipped"] == ["x.png: not an image"]
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(taught.archive).extractall(unpacked)
+    folder = unpacked / "taught-model"
+    metrics = read_metrics(folder, "taught")
+    assert metrics["settings"]["strategy"] == "linear-probe" and metrics["settings"]["probe_solver"] == "lbfgs"
+    assert metrics["stopped_by"] == "no training" and metrics["test"]["num_images"] == 24
+    assert "other folds" in metrics["calibration"]["fitted_on"]  # never scored on the logits it was fitted on
+    model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+    assert model.pretrained_cfg["label_names"] == ["red", "green", "blue"]
+    probabilities = teaching.taught_probabilities(served, taught, examples["green"][0])
+    assert max(probabilities, key=probabilities.get) == "green"
+    assert served.label_names == CLASS_NAMES  # the served model kept its own head
+
+
+def test_teach_files_are_grouped_by_the_class_their_names_start_with():
+    from tl_space.app import teach as teaching
+    from tl_space.errors import UserError
+
+    grouped, skipped = teaching.files_by_class([("cat_01.png", "a"), ("cat_02.png", "b"), ("dog.png", "c"),
+                                                ("_x.png", "d")])
+    assert grouped == {"cat": ["a", "b"], "dog": ["c"]} and skipped[0].startswith("_x.png: ")
+    assert teaching.class_name_of_row(0, "  big   cat ") == "big cat"
+    with pytest.raises(UserError, match="Name class 2"):
+        teaching.class_name_of_row(1, "   ")

@@ -14,48 +14,12 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import CLASS_NAMES, colour_images
-from test_training_run import tiny_settings
-from tl_space.folder.read import load_model_folder
-from tl_space.app.inference import class_probabilities
+from support.runs import ROOT
+from tl_space.app.served import load_served_model
 from tl_space.images import open_image
 from tl_space.markdown import text
-from tl_space.app.local_app import running_app
-from tl_space.training import run
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def model_folder(tiny_dataset, pretrained_file, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("app") / "model"
-    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))  # ~76%: learned, with mistakes to show
-    return folder
-
-
-@pytest.fixture(scope="module")
-def app_url(model_folder, pretrained_file, tmp_path_factory):
-    """`python app.py` with MODEL_ID set, as a user starts it (PRETRAINED_FILE: the backbone's weights, offline);
-    stopped after the module's tests."""
-    with running_app(str(model_folder), tmp_path_factory.mktemp("app-cwd"),
-                     env={"PRETRAINED_FILE": str(pretrained_file)}) as (url, _):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(app_url):
-    return Client(app_url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def sample_images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("uploads")
-    images, labels = colour_images(1, 16, seed=7)  # the size the tiny dataset has
-    paths = []
-    for image, label in zip(images, labels):
-        paths.append(folder / f"{CLASS_NAMES[label]}.png")
-        image.save(paths[-1])
-    return paths
-
+pytestmark = pytest.mark.slow  # end to end: train.py's code, or the app on a port
 
 def test_classify_returns_the_five_most_likely_labels_sorted(client, sample_images, model_folder):
     label, timing = client.predict(handle_file(str(sample_images[0])), api_name="/classify")
@@ -63,7 +27,7 @@ def test_classify_returns_the_five_most_likely_labels_sorted(client, sample_imag
     assert len(confidences) == 5 and len(CLASS_NAMES) > 5
     values = [entry["confidence"] for entry in confidences]
     assert values == sorted(values, reverse=True) and label["label"] == confidences[0]["label"]
-    expected = class_probabilities(load_model_folder(str(model_folder)), open_image(sample_images[0]))
+    expected = load_served_model(str(model_folder)).class_probabilities(open_image(sample_images[0]))
     top5 = sorted(expected.items(), key=lambda item: -item[1])[:5]
     assert [entry["label"] for entry in confidences] == [name for name, _ in top5]
     assert values == pytest.approx([value for _, value in top5], abs=1e-5)
@@ -156,7 +120,7 @@ def test_example_images_classify(client):
 
 
 def test_gallery_lists_the_folders_misclassified_images(client, model_folder):
-    records = load_model_folder(str(model_folder)).misclassified
+    records = load_served_model(str(model_folder)).misclassified
     items, *_ = client.predict("all classes", "all classes", api_name="/filter_mistakes")
     assert len(items) == len(records) > 0
     for item, record in zip(items, records):  # served as copies of the folder's PNGs, pixel for pixel
@@ -166,7 +130,7 @@ def test_gallery_lists_the_folders_misclassified_images(client, model_folder):
 
 
 def test_mistakes_filter_by_true_class(client, model_folder):
-    records = load_model_folder(str(model_folder)).misclassified
+    records = load_served_model(str(model_folder)).misclassified
     assert records, "the tiny model should make some mistakes to show"
     true_label = records[0]["true_label"]
     items, *_ = client.predict(true_label, "all classes", api_name="/filter_mistakes")
@@ -215,10 +179,10 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
     assert ("Model `model`: `tf_efficientnet_lite0` trained by **lp\\-ft** from `timm/tf_efficientnet_lite0.in1k` "
             "on `uoft-cs/cifar10`: **91.58% test accuracy**") in page_text
     assert "Study" in [block.get("props", {}).get("label") for block in demo.config["components"]]  # bundled study/
-    loaded = load_model_folder(str(ROOT / "model"))
+    loaded = load_served_model(str(ROOT / "model"))
     examples = sorted((ROOT / "examples").glob("*.png"))
     assert sorted(path.stem for path in examples) == sorted(loaded.label_names)
-    predictions = {path.stem: max(class_probabilities(loaded, open_image(path)).items(), key=lambda kv: kv[1])[0]
+    predictions = {path.stem: max(loaded.class_probabilities(open_image(path)).items(), key=lambda kv: kv[1])[0]
                    for path in examples}
     assert sum(true == predicted for true, predicted in predictions.items()) >= 8, predictions
     assert loaded.metrics["test"]["accuracy"] > 0.75 and len(loaded.misclassified) == 64
@@ -229,9 +193,9 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
 def test_the_header_links_a_hub_repo_only_when_its_id_is_plainly_owner_and_name(model_folder):
     import dataclasses
 
-    from tl_space.app.ui import page_header
+    from tl_space.app.tabs.report import page_header
 
-    loaded = load_model_folder(str(model_folder))
+    loaded = load_served_model(str(model_folder))
     local = page_header(loaded)
     strategy = loaded.metrics["settings"]["strategy"]
     assert f"trained by **{text(strategy)}**" in local and "test accuracy**" in local and "huggingface.co" not in local

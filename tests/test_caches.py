@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training_run import ROOT, tiny_settings
+from support.runs import ROOT, tiny_settings
 from tl_space import caches
-from tl_space.training import run
+from tl_space.training.run import run
 
 
 def _features_run(dataset, pretrained_file, output_dir, cache):
@@ -41,6 +41,7 @@ def _damage(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "overwritten"])
 def test_a_damaged_entry_is_reported_by_path_deleted_and_recomputed(cached_run, how, tiny_dataset, pretrained_file,
                                                                     tmp_path, capsys):
@@ -55,6 +56,7 @@ def test_a_damaged_entry_is_reported_by_path_deleted_and_recomputed(cached_run, 
     assert all(caches.load(entry.parent, entry.name.removesuffix(".safetensors")) is not None for entry in entries)
 
 
+@pytest.mark.slow
 def test_a_failed_cache_write_warns_and_the_run_goes_on(tiny_dataset, pretrained_file, tmp_path, monkeypatch, capsys):
     def disk_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 10)  # what a full disk leaves half-written

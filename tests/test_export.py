@@ -10,22 +10,22 @@ import torch
 from torch import nn
 
 from conftest import colour_images
-from test_app_ui import model_folder  # noqa: F401  (shared fixture)
 from tl_space import export
 from tl_space.errors import UserError
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.transforms import images_to_model_input, preprocessing_for
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+@pytest.mark.slow
 def test_the_onnx_graph_gives_the_pytorch_logits_at_any_batch_size(model_folder, tmp_path, capsys):  # noqa: F811
     output = tmp_path / "exported" / "model.onnx"
     assert export.main([str(model_folder), "--format", "onnx", "--output", str(output)]) == 0
     assert "wrote" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "exported" / "model.json").read_text())
-    loaded = load_model_folder(str(model_folder))
+    loaded = load_served_model(str(model_folder))
     assert sidecar["label_names"] == loaded.label_names and sidecar["temperature"] == loaded.temperature
     assert sidecar["preprocessing"] == json.loads(json.dumps(loaded.preprocessing.to_dict())) and sidecar["input"] == "pixel_values"
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])

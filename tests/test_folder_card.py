@@ -5,8 +5,10 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from test_training_run import tiny_settings
-from tl_space.training import run
+from support.runs import tiny_settings
+from tl_space.training.run import run
+
+pytestmark = pytest.mark.slow  # end to end: train.py's code, or the app on a port
 
 
 @pytest.fixture(scope="module")

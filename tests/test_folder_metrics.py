@@ -39,3 +39,23 @@ def test_a_missing_or_mistyped_field_is_named(dotted):
 def test_an_optional_section_of_the_wrong_type_is_refused():
     with pytest.raises(UserError, match="wrong type at calibration"):
         check_metrics({**VALID, "calibration": [1.5]}, "m")
+
+
+def test_a_version_one_record_reads_as_version_two_and_a_written_one_round_trips(tmp_path):
+    from tl_space.folder.metrics import (FORMAT_VERSION, EpochRecord, MetricsRecord, StoppedBy, read_metrics,
+                                         stopped_by, upgrade_metrics)
+
+    old = {key: value for key, value in VALID.items() if key not in ("calibration", "flip_tta")}
+    upgraded = upgrade_metrics(copy.deepcopy(old))
+    assert upgraded["format_version"] == FORMAT_VERSION and stopped_by(upgraded) is StoppedBy.EPOCHS
+    assert temperature(upgraded) == 1.0 and not flip_tta_enabled(upgraded)
+    record = MetricsRecord(
+        history=[EpochRecord(1, "finetune", 1.0, 0.5, 1.1, 0.4, 2.0, 30.0, 1e-4)], stopped_by=StoppedBy.PATIENCE,
+        test=VALID["test"], settings=VALID["settings"], model=VALID["model"], calibration=VALID["calibration"],
+        flip_tta=None, preprocessing=VALID["preprocessing"], data=VALID["data"], trainable_parameters=1,
+        total_parameters=2, timing={}, hardware={})
+    from tl_space.folder.metrics import write_metrics
+    write_metrics(tmp_path, record)
+    read = read_metrics(tmp_path, "m")
+    assert read == record.to_json() and read["stopped_by"] == "patience" and read["history"][0]["lr"] == 1e-4
+    assert read_metrics(tmp_path / "none", "m") == {}

@@ -1,7 +1,6 @@
 """Publishing to and loading from the Hub, offline: HfApi's HTTP calls are the one thing stood in for."""
 
 import json
-import shutil
 
 import huggingface_hub
 import pytest
@@ -9,54 +8,13 @@ import torch
 from huggingface_hub import HfApi
 
 from conftest import CLASS_NAMES
-from test_training_run import tiny_settings
+from support.hub import FAKE_TOKEN, FakeHub, plain_hub_cache_copy
+from support.runs import tiny_settings
 from tl_space import hub
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.errors import UserError
-from tl_space.training import run
+from tl_space.training.run import run
 from tl_space.transforms import to_model_input
-
-FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdefXYZ"
-
-
-class FakeHub:
-    """Records what would go over HTTP; answers whoami like the Hub does."""
-
-    def __init__(self, role: str = "write", fail_uploads: int = 0):
-        self.role, self.fail_uploads = role, fail_uploads
-        self.calls: list[tuple[str, dict]] = []
-
-    def install(self, monkeypatch):
-        fake = self
-
-        def whoami(api, token=None, cache=False):
-            fake.calls.append(("whoami", {}))
-            return {"type": "user", "name": "me", "orgs": [{"name": "my-org"}],
-                    "auth": {"accessToken": {"role": fake.role}}}
-
-        def create_repo(api, repo_id, **kwargs):
-            fake.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-            return f"https://huggingface.co/{repo_id}"
-
-        def upload_folder(api, **kwargs):
-            fake.calls.append(("upload_folder", kwargs))
-            if fake.fail_uploads:
-                fake.fail_uploads -= 1
-                raise ConnectionError("connection reset by peer")
-            return f"https://huggingface.co/{kwargs['repo_id']}/commit/abc"
-
-        for name, method in (("whoami", whoami), ("create_repo", create_repo), ("upload_folder", upload_folder)):
-            monkeypatch.setattr(HfApi, name, method)
-        return self
-
-    def named(self, name):
-        return [kwargs for call, kwargs in self.calls if call == name]
-
-
-@pytest.fixture
-def logged_in(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-
 
 @pytest.fixture
 def logged_out(monkeypatch, tmp_path):
@@ -65,6 +23,7 @@ def logged_out(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
 
 
+@pytest.mark.slow
 def test_push_uploads_the_folder_with_the_users_repo_and_flags(tiny_dataset, pretrained_file, tmp_path, monkeypatch,
                                                                logged_in, capsys):
     fake = FakeHub().install(monkeypatch)
@@ -86,6 +45,7 @@ def test_push_uploads_the_folder_with_the_users_repo_and_flags(tiny_dataset, pre
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_missing_token_fails_before_training(tiny_dataset, pretrained_file, tmp_path, monkeypatch, logged_out):
     fake = FakeHub().install(monkeypatch)
     settings = tiny_settings(tiny_dataset, tmp_path / "never", pretrained_file, push_to_hub=True, hub_model_id="me/x")
@@ -98,6 +58,7 @@ def test_missing_token_fails_before_training(tiny_dataset, pretrained_file, tmp_
     ("read", "me/x", "cannot write to 'me'"),
     ("write", "someone-else/x", "must be OWNER/NAME with OWNER one of \\['me', 'my-org'\\]"),
 ])
+@pytest.mark.slow
 def test_token_that_cannot_write_there_fails_before_training(tiny_dataset, pretrained_file, tmp_path, monkeypatch,
                                                               logged_in, role, repo_id, message):
     FakeHub(role=role).install(monkeypatch)
@@ -106,6 +67,7 @@ def test_token_that_cannot_write_there_fails_before_training(tiny_dataset, pretr
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_failed_push_keeps_the_folder_and_the_retry_command_works(tiny_dataset, pretrained_file, tmp_path,
                                                                   monkeypatch, logged_in, capsys):
     fake = FakeHub(fail_uploads=1).install(monkeypatch)
@@ -130,25 +92,17 @@ def test_push_command_refuses_a_folder_that_is_not_a_model(tmp_path, monkeypatch
     assert "is not a model folder" in capsys.readouterr().err
 
 
-def _hub_cache_copy(folder, cache, repo_id):
-    """Lay a model folder out as huggingface_hub's cache does after a download."""
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo_cache = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(folder, repo_cache / "snapshots" / revision)
-    (repo_cache / "refs").mkdir()
-    (repo_cache / "refs" / "main").write_text(revision)
-
-
+@pytest.mark.slow
 def test_loading_from_a_folder_and_from_the_hub_cache_gives_identical_predictions(tiny_dataset, pretrained_file,
                                                                                    tmp_path, monkeypatch):
     folder = tmp_path / "model"
     run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="finetune", epochs=1))
     cache = tmp_path / "hub-cache"
-    _hub_cache_copy(folder, cache, "me/tiny-colours")
+    plain_hub_cache_copy(folder, cache, "me/tiny-colours")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    local = load_model_folder(str(folder))
-    cached = load_model_folder("me/tiny-colours")
+    local = load_served_model(str(folder))
+    cached = load_served_model("me/tiny-colours")
     assert cached.folder.is_relative_to(cache)
     assert local.label_names == cached.label_names == CLASS_NAMES
     assert local.preprocessing == cached.preprocessing and local.preprocessing.image_size == 32
@@ -165,7 +119,7 @@ def test_unreachable_model_id_names_the_id(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="model 'nobody/nothing' is neither a local model folder nor a Hub repo"):
-        load_model_folder("nobody/nothing")
+        load_served_model("nobody/nothing")
 
 
 @pytest.fixture
@@ -177,6 +131,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
+@pytest.mark.slow
 def test_no_network_before_training_is_one_sentence(tiny_dataset, pretrained_file, tmp_path, logged_in, no_network):
     with pytest.raises(UserError, match=r"^--push-to-hub: could not reach the Hugging Face Hub to check the token "
                                         r"\(ConnectError: .*\); check the network") as raised:
@@ -185,6 +140,7 @@ def test_no_network_before_training_is_one_sentence(tiny_dataset, pretrained_fil
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_no_network_at_the_push_leaves_the_folder_whole_with_the_retry_in_one_sentence(
         tiny_dataset, pretrained_file, tmp_path, monkeypatch, logged_in, capsys):
     from huggingface_hub import constants

@@ -1,19 +1,17 @@
-"""python -m tl_space.predict on a trained folder and a taught model's unpacked zip: the CSV matches the app's path."""
+"""python -m tl_space.predict on a model folder and a taught model's unpacked zip: the CSV matches the app's path."""
 
 import csv
 import zipfile
 
 import pytest
-import torch
 from PIL import Image
 
 from conftest import CLASS_NAMES, colour_images
-from test_app_ui import model_folder  # noqa: F401  (shared fixture)
 from tl_space import predict
 from tl_space.app import teach as teaching
-from tl_space.app.inference import class_probabilities
 from tl_space.app.storage import Storage
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
+
 
 
 def _image_tree(root, count=11):
@@ -36,7 +34,8 @@ def _rows(path):
         return list(csv.DictReader(file))
 
 
-def test_predict_writes_top_k_per_image_in_batches_and_names_what_it_skips(model_folder, tmp_path, capsys):  # noqa: F811
+@pytest.mark.slow  # a trained model: an untrained one's near-uniform probabilities have no stable ranking
+def test_predict_writes_top_k_per_image_in_batches_and_names_what_it_skips(model_folder, tmp_path, capsys):
     files = _image_tree(tmp_path / "images")
     output = tmp_path / "predictions.csv"
     assert predict.main([str(model_folder), str(tmp_path / "images"), "--output", str(output), "--top-k", "3",
@@ -47,16 +46,16 @@ def test_predict_writes_top_k_per_image_in_batches_and_names_what_it_skips(model
     rows = _rows(output)
     assert [row["file"] for row in rows] == [str(path) for path in files if path.name != "broken.png"]
     assert list(rows[0]) == ["file", "top1", "top1_probability", "top2", "top2_probability", "top3", "top3_probability"]
-    loaded = load_model_folder(str(model_folder))
+    loaded = load_served_model(str(model_folder))
     for row in rows:  # each the same as the app's Classify tab gives that image alone
-        alone = class_probabilities(loaded, Image.open(row["file"]).convert("RGB"))
+        alone = loaded.class_probabilities(Image.open(row["file"]).convert("RGB"))
         ranked = sorted(alone, key=alone.get, reverse=True)[:3]
         assert [row[f"top{rank}"] for rank in (1, 2, 3)] == ranked
         assert float(row["top1_probability"]) == pytest.approx(alone[ranked[0]], abs=1e-5)
 
 
-def test_predict_serves_a_taught_models_unpacked_zip(model_folder, tmp_path, capsys):  # noqa: F811
-    loaded = load_model_folder(str(model_folder))
+def test_predict_serves_a_taught_models_unpacked_zip(quick_folder, tmp_path, capsys):
+    loaded = load_served_model(str(quick_folder))
     images, labels = colour_images(6, 16, seed=8)
     examples = {name: [image for image, label in zip(images, labels) if CLASS_NAMES[label] == name]
                 for name in ("red", "green", "blue")}
@@ -75,6 +74,6 @@ def test_predict_serves_a_taught_models_unpacked_zip(model_folder, tmp_path, cap
         assert float(row["top1_probability"]) == pytest.approx(max(expected.values()), abs=1e-4)
 
 
-def test_predict_refuses_a_path_that_is_not_there(model_folder, tmp_path, capsys):  # noqa: F811
-    assert predict.main([str(model_folder), str(tmp_path / "nowhere.png")]) == 2
+def test_predict_refuses_a_path_that_is_not_there(quick_folder, tmp_path, capsys):
+    assert predict.main([str(quick_folder), str(tmp_path / "nowhere.png")]) == 2
     assert "is neither an image file nor a folder" in capsys.readouterr().err

@@ -2,14 +2,15 @@
 
 import json
 
+import pytest
 import timm
 import torch
 
 from conftest import CLASS_NAMES
-from test_training_run import tiny_settings
+from support.runs import tiny_settings
 from tl_space import scratch_net  # noqa: F401  (registers tl_scratch_cnn)
 from tl_space.app.explain import cam_layer
-from tl_space.training import run
+from tl_space.training.run import run
 
 
 def test_timm_creates_it_with_the_features_grad_cam_and_partial_need():
@@ -21,6 +22,7 @@ def test_timm_creates_it_with_the_features_grad_cam_and_partial_need():
     assert model.forward_head(model.forward_features(torch.zeros(1, 3, 32, 32)), pre_logits=True).shape == (1, 128)
 
 
+@pytest.mark.slow
 def test_a_scratch_run_learns_and_its_folder_loads_with_timm(tiny_dataset, tmp_path):
     settings = tiny_settings(tiny_dataset, tmp_path / "cnn", tmp_path / "unused", strategy="scratch",
                              model="tl_scratch_cnn", epochs=6, lr=3e-3)

@@ -36,3 +36,23 @@ def test_unset_options_take_the_machines_recipe_and_set_ones_are_kept():
     assert with_machine_defaults(chosen, on_gpu=True) == (chosen, {})  # resolved once: nothing left to pick
     line = describe_defaults(picked, on_gpu=False)
     assert "--strategy lp-ft --batch-size 32" in line and "within an hour" in line
+
+
+def test_modes_are_typed_once_and_a_wrong_one_is_named_with_its_choices():
+    import pytest
+
+    from tl_space.errors import UserError
+    from tl_space.settings import FlipTTA, HeadInit, ProbeSolver
+
+    settings = parse_settings(["--head-init", "class-means", "--probe-solver", "lbfgs", "--flip-tta", "off"])
+    assert settings.head_init is HeadInit.CLASS_MEANS and settings.probe_solver is ProbeSolver.LBFGS
+    assert settings.flip_tta is FlipTTA.OFF
+    assert settings.to_dict()["head_init"] == "class-means" and type(settings.to_dict()["head_init"]) is str
+    with pytest.raises(UserError, match="--probe-solver 'sgd' is not one of adamw, lbfgs"):
+        parse_settings(["--probe-solver", "sgd"])
+    with pytest.raises(UserError, match="--mixed-precision 'fp8' is not one of auto, no, fp16, bf16"):
+        TrainSettings(mixed_precision="fp8")  # from code too
+    result = subprocess.run([sys.executable, "train.py", "--compile", "always"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --compile 'always' is not one of auto, yes, no" in result.stderr

@@ -2,15 +2,15 @@
 
 import json
 
+import pytest
 import timm
 import torch
 
 from conftest import CLASS_NAMES
-from test_training_run import tiny_settings
 from tl_space import model as model_module
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.settings import RECIPES, TrainSettings, with_recipe
-from tl_space.training import run
+from tl_space.training.run import run
 from tl_space.transforms import preprocessing_for
 
 
@@ -37,6 +37,7 @@ def test_the_recipe_sets_what_the_command_line_leaves_at_its_defaults():
     assert picked == {name: value for name, value in RECIPES["speedrun"].items() if name != "epochs"}
 
 
+@pytest.mark.slow
 def test_a_speedrun_run_trains_writes_and_reloads(tiny_dataset, tmp_path, capsys):
     folder = run(TrainSettings(dataset=str(tiny_dataset), recipe="speedrun", epochs=3, batch_size=32, val_size=30,
                                output_dir=str(tmp_path / "speedrun"), cache_dir="none", mixed_precision="no"))
@@ -46,5 +47,5 @@ def test_a_speedrun_run_trains_writes_and_reloads(tiny_dataset, tmp_path, capsys
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["settings"]["recipe"] == "speedrun" and metrics["settings"]["label_smoothing"] == 0.2
     assert metrics["test"]["accuracy"] > 2 / len(CLASS_NAMES)  # colours are learnable in a few epochs
-    loaded = load_model_folder(str(folder))
+    loaded = load_served_model(str(folder))
     assert isinstance(loaded.model, type(timm.create_model("tl_speedrun_cnn")))

@@ -49,3 +49,9 @@ def test_the_command_line_offers_exactly_the_table():
     assert tuple(strategy_option.choices) == NAMES
     assert {defaults["strategy"] for defaults in (CPU_DEFAULTS, GPU_DEFAULTS)} <= set(NAMES)
     assert all(STRATEGIES[name].description in strategy_option.help for name in NAMES)
+
+
+def test_the_predicates_the_report_asks_name_each_strategy_by_what_it_does():
+    assert [name for name in NAMES if STRATEGIES[name].fits_probe] == ["linear-probe"]
+    assert [name for name in NAMES if STRATEGIES[name].fine_tunes_everything] == ["finetune", "lp-ft"]
+    assert [name for name in NAMES if STRATEGIES[name].fine_tunes_from_probe] == ["lp-ft"]

@@ -5,10 +5,11 @@ import statistics
 import pytest
 from PIL import Image
 
-from test_study_run import read_study
+from support.runs import read_study
 from tl_space.folder.files import STUDY_PLOTS as PLOTS
 
 
+@pytest.mark.slow
 def test_summary_and_findings_come_from_the_rows(tiny_study):
     record = read_study(tiny_study)
     for entry in record["summary"]:
@@ -26,6 +27,7 @@ def test_summary_and_findings_come_from_the_rows(tiny_study):
     assert record["best_run"] == max(at_all, key=lambda row: row["test_accuracy"])["run"]
 
 
+@pytest.mark.slow
 def test_plots_and_readme_are_written(tiny_study):
     for name in PLOTS:
         with Image.open(tiny_study / name) as plot:

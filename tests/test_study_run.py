@@ -11,14 +11,15 @@ from gradio_client import Client, handle_file
 from huggingface_hub.utils import filter_repo_objects
 
 from conftest import CLASS_NAMES, colour_images, study_arguments
-from test_hub import FakeHub, _hub_cache_copy, logged_in  # noqa: F401  (logged_in: a fixture)
+from support.hub import FakeHub, plain_hub_cache_copy
+from support.runs import read_study
 from tl_space import hub
 from tl_space.folder.files import CHECKPOINT_DIR
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.study import run as study
 from tl_space.training import checkpoint
 from tl_space.settings import check_settings
-from tl_space.app.local_app import running_app
+from support.local_app import running_app
 from tl_space.app.ui import build_demo
 
 STRATEGIES = ("linear-probe", "finetune")
@@ -26,10 +27,7 @@ ROW_FIELDS = {"run", "strategy", "shots", "seed", "test_accuracy", "best_epoch",
               "trainable_parameters", "train_images", "images_per_class", "epochs", "curve"}
 
 
-def read_study(folder) -> dict:
-    return json.loads((folder / "study.json").read_text())
-
-
+@pytest.mark.slow
 def test_a_row_per_run_and_every_run_is_a_model_folder(tiny_study):
     record = read_study(tiny_study)
     rows = record["rows"]
@@ -46,11 +44,12 @@ def test_a_row_per_run_and_every_run_is_a_model_folder(tiny_study):
         assert row["train_images"] == (2 * len(CLASS_NAMES) if row["shots"] == 2 else metrics["data"]["train_images"])
         assert metrics["settings"]["min_epoch_images"] == 48
         assert not (run_dir / CHECKPOINT_DIR).exists()
-        assert load_model_folder(str(run_dir)).label_names == CLASS_NAMES
+        assert load_served_model(str(run_dir)).label_names == CLASS_NAMES
     by_run = {(row["strategy"], row["shots"], row["seed"]): row for row in rows}
     assert by_run["linear-probe", "all", 42]["trainable_parameters"] < by_run["finetune", "all", 42]["trainable_parameters"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_study_keeps_finished_runs_and_resumes_the_killed_one(tiny_dataset, pretrained_file, tmp_path,
                                                                           monkeypatch):
     folder = tmp_path / "study"
@@ -115,18 +114,20 @@ def test_a_minutes_budget_reaches_every_run():
     run_settings = study.run_settings(settings, study.PlannedRun("scratch", 5, 43))
     assert run_settings.max_train_minutes == 2.5 and run_settings.seed == 43 and run_settings.split_seed == 42
     assert run_settings.output_dir.endswith("studies/x/runs/scratch-5shot-seed43")
-    assert study.run_settings(study.StudySettings(), study.PlannedRun("scratch", None, 42)).max_train_minutes is None
+    assert study.run_settings(study.StudySettings(), study.PlannedRun("scratch", "all", 42)).max_train_minutes is None
 
 
+@pytest.mark.slow
 def test_study_id_adds_the_study_tab_to_any_model(tiny_study):
     model = tiny_study / read_study(tiny_study)["best_run"]
-    config = build_demo(load_model_folder(str(model), str(tiny_study))).config
+    config = build_demo(load_served_model(str(model), str(tiny_study))).config
     labels = [component["props"].get("label") for component in config["components"]]
     assert "Study" in labels
     assert "Study" not in [component["props"].get("label") for component in
-                           build_demo(load_model_folder(str(model))).config["components"]]
+                           build_demo(load_served_model(str(model))).config["components"]]
 
 
+@pytest.mark.slow
 def test_the_app_serves_a_studys_best_run_with_its_study_tab(tiny_study, tmp_path):
     record = read_study(tiny_study)
     image_path = tmp_path / "red.png"
@@ -139,6 +140,7 @@ def test_the_app_serves_a_studys_best_run_with_its_study_tab(tiny_study, tmp_pat
         assert label["label"] in CLASS_NAMES and len(label["confidences"]) == 5
 
 
+@pytest.mark.slow
 def test_the_study_folder_pushes_as_one_repo_without_checkpoints(tiny_study, tmp_path, monkeypatch, logged_in):
     folder = tmp_path / "study"
     shutil.copytree(tiny_study, folder)
@@ -154,12 +156,13 @@ def test_the_study_folder_pushes_as_one_repo_without_checkpoints(tiny_study, tmp
     assert str(leftover.relative_to(folder)) not in uploaded and len(uploaded) == len(files) - 1
 
 
+@pytest.mark.slow
 def test_a_study_repo_from_the_hub_cache_serves_its_best_run(tiny_study, tmp_path, monkeypatch):
     cache = tmp_path / "hub-cache"
-    _hub_cache_copy(tiny_study, cache, "me/colours-study")
+    plain_hub_cache_copy(tiny_study, cache, "me/colours-study")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    loaded = load_model_folder("me/colours-study")
+    loaded = load_served_model("me/colours-study")
     best_run = read_study(tiny_study)["best_run"]
     assert loaded.folder.is_relative_to(cache) and loaded.folder.as_posix().endswith(best_run)
     assert loaded.study_folder == loaded.folder.parent.parent and loaded.label_names == CLASS_NAMES
@@ -175,3 +178,15 @@ def test_options_for_training_on_images_reach_only_the_strategies_that_train_on_
     finetune = study.run_settings(settings, study.PlannedRun("lp-ft", 5, 42))
     assert (finetune.mixup, finetune.label_smoothing, finetune.freeze_depthwise, finetune.ema_decay) == (
         0.8, 0.1, True, 0.99)
+
+
+def test_the_plan_repeats_small_shot_sizes_and_skips_what_the_data_cannot_give():
+    settings = study.StudySettings(strategies="scratch,linear-probe", shots_per_class="1,5,all,100,5", seeds=3,
+                                   repeat_up_to=5)
+    assert study.parse_shots(settings.shots_per_class) == [1, 5, 100, "all"]
+    runs, skipped = study.plan_runs(settings, smallest_class=50)
+    assert [(run.strategy, run.shots) for run in runs].count(("scratch", 1)) == 3
+    assert [(run.strategy, run.shots) for run in runs].count(("linear-probe", "all")) == 1
+    assert skipped == ["100 images per class: the smallest class has 50 for training"]
+    assert {run.name for run in runs} >= {"runs/scratch-1shot-seed42", "runs/linear-probe-all-seed42"}
+    assert study.run_settings(settings, runs[-1]).shots_per_class is None  # all: no subset

@@ -8,13 +8,12 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset_folder
-from test_training_run import tiny_settings
+from support.runs import tiny_settings
 from tl_space import data
 from tl_space.training.calibration import expected_calibration_error, fit_temperature, reliability_bins
-from tl_space.folder.read import load_model_folder
-from tl_space.app.inference import class_probabilities
+from tl_space.app.served import load_served_model
 from tl_space.images import image_tensor
-from tl_space.training import run
+from tl_space.training.run import run
 from tl_space.transforms import to_model_input
 
 
@@ -44,9 +43,10 @@ def overconfident(pretrained_file, tmp_path_factory):
     return dataset, folder
 
 
+@pytest.mark.slow
 def test_temperature_from_one_half_of_the_test_fixture_lowers_ece_on_the_other(overconfident):
     dataset, folder = overconfident
-    loaded = load_model_folder(str(folder))
+    loaded = load_served_model(str(folder))
     dataset_dict, image_column, label_column, _ = data.open_dataset(str(dataset))
     test = data.decode_images(dataset_dict["test"], image_column, label_column, 32)
     with torch.inference_mode():
@@ -60,6 +60,7 @@ def test_temperature_from_one_half_of_the_test_fixture_lowers_ece_on_the_other(o
     assert torch.equal(logits.argmax(dim=1), (logits / temperature).argmax(dim=1))  # accuracy unchanged
 
 
+@pytest.mark.slow
 def test_the_model_folder_records_calibration_and_the_app_uses_it(overconfident, tmp_path):
     _, folder = overconfident
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -71,13 +72,13 @@ def test_the_model_folder_records_calibration_and_the_app_uses_it(overconfident,
         assert diagram.width > 600
     assert f"{calibration['temperature']:.3f}" in (folder / "README.md").read_text()
 
-    loaded = load_model_folder(str(folder))
+    loaded = load_served_model(str(folder))
     assert loaded.temperature == calibration["temperature"]
     image = Image.new("RGB", (32, 32), (200, 30, 30))
     with torch.inference_mode():
         logits = loaded.model(to_model_input(image_tensor(image, 32), loaded.preprocessing))[0]
     expected = (logits / loaded.temperature).softmax(dim=0)
-    assert list(class_probabilities(loaded, image).values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert list(loaded.class_probabilities(image).values()) == pytest.approx(expected.tolist(), abs=1e-6)
 
     # Where the folder enables flip test-time augmentation, the app averages the logits with the mirror image's.
     loaded.metrics = {**loaded.metrics, "flip_tta": {**metrics["flip_tta"], "enabled": True}}
@@ -85,7 +86,7 @@ def test_the_model_folder_records_calibration_and_the_app_uses_it(overconfident,
         both = loaded.model(to_model_input(torch.cat([image_tensor(image, 32), image_tensor(image, 32).flip(-1)]),
                                            loaded.preprocessing))
     expected = (both.mean(dim=0) / loaded.temperature).softmax(dim=0)
-    assert list(class_probabilities(loaded, image).values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert list(loaded.class_probabilities(image).values()) == pytest.approx(expected.tolist(), abs=1e-6)
 
     # A folder written before calibration existed loads, with probabilities left as they were.
     del metrics["calibration"]
@@ -94,5 +95,23 @@ def test_the_model_folder_records_calibration_and_the_app_uses_it(overconfident,
     for name in ("model.safetensors", "config.json"):
         (old / name).write_bytes((folder / name).read_bytes())
     (old / "metrics.json").write_text(json.dumps(metrics))
-    assert load_model_folder(str(old)).temperature == 1.0 and not load_model_folder(str(old)).flip_tta
+    assert load_served_model(str(old)).temperature == 1.0 and not load_served_model(str(old)).flip_tta
     assert isinstance(timm.create_model(f"local-dir:{old}", pretrained=True), torch.nn.Module)
+
+
+def test_cross_fitted_calibration_scores_each_fold_with_a_temperature_fitted_without_it():
+    from tl_space.training.calibration import cross_fitted_report, fit_temperature
+
+    torch.manual_seed(0)
+    labels = torch.arange(6).repeat(10)
+    logits = torch.randn(60, 6) * 4 + torch.nn.functional.one_hot(labels, 6) * 3
+    fold_of = torch.arange(60) % 5
+    report = cross_fitted_report(logits, labels, fold_of)
+    assert report["temperature"] == pytest.approx(fit_temperature(logits, labels))
+    scaled = torch.empty_like(logits)
+    for fold in range(5):
+        held = fold_of == fold
+        scaled[held] = logits[held] / fit_temperature(logits[~held], labels[~held])
+    assert report["test_nll_after"] == pytest.approx(float(torch.nn.functional.cross_entropy(scaled, labels)), abs=1e-5)
+    few = cross_fitted_report(logits[:12], labels[:12], fold_of[:12])
+    assert few["temperature"] == 1.0 and "fewer than" in few["skipped"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training_run import ROOT, _train_cli, tiny_settings
+from support.runs import ROOT, tiny_settings, train_cli
 from tl_space import atomic
 from tl_space.folder.files import CHECKPOINT_DIR
 from tl_space.training import checkpoint
 from tl_space.errors import UserError
-from tl_space.training import run
+from tl_space.training.run import run
 
 LP_FT = dict(strategy="lp-ft", probe_epochs=3, epochs=6, lr=3e-3)
 
@@ -52,6 +52,7 @@ def _kill_after_epoch(args: list[str], output_dir: Path, epochs: int) -> None:
         process.wait()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result_with_each_epoch_once(tiny_dataset, pretrained_file, tmp_path):
     reference_dir = tmp_path / "uninterrupted"
     run(tiny_settings(tiny_dataset, reference_dir, pretrained_file, **LP_FT))
@@ -61,10 +62,10 @@ def test_killed_run_resumes_to_the_same_result_with_each_epoch_once(tiny_dataset
     args = _cli_args(tiny_dataset, pretrained_file, output_dir)
     _kill_after_epoch(args, output_dir, epochs=2)  # in the linear-probe stage
     assert not (output_dir / "metrics.json").exists()
-    again = _train_cli(*args)  # without --resume: refused, nothing overwritten
+    again = train_cli(*args)  # without --resume: refused, nothing overwritten
     assert again.returncode == 2 and "--resume" in again.stderr and "after epoch" in again.stderr
     _kill_after_epoch([*args, "--resume"], output_dir, epochs=5)  # in the fine-tuning stage
-    finished = _train_cli(*args, "--resume")
+    finished = train_cli(*args, "--resume")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "resuming after epoch" in finished.stdout + finished.stderr
 
@@ -79,6 +80,7 @@ def test_killed_run_resumes_to_the_same_result_with_each_epoch_once(tiny_dataset
     assert not (output_dir / CHECKPOINT_DIR).exists()  # a finished run keeps no checkpoint
 
 
+@pytest.mark.slow
 def test_a_killed_run_with_every_regulariser_resumes_to_the_same_result(tiny_dataset, pretrained_file, tmp_path):
     options = dict(strategy="finetune", epochs=4, lr=3e-3, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
                    random_erasing=0.25, ema_decay=0.9)
@@ -88,7 +90,7 @@ def test_a_killed_run_with_every_regulariser_resumes_to_the_same_result(tiny_dat
     output_dir = tmp_path / "killed"
     args = _cli_args(tiny_dataset, pretrained_file, output_dir, **options)
     _kill_after_epoch(args, output_dir, epochs=2)
-    finished = _train_cli(*args, "--resume")
+    finished = train_cli(*args, "--resume")
     assert finished.returncode == 0, finished.stderr[-3000:]
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert len(metrics["history"]) == 4
@@ -98,6 +100,7 @@ def test_a_killed_run_with_every_regulariser_resumes_to_the_same_result(tiny_dat
     assert metrics["test"]["confusion_matrix"] == reference["test"]["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_model_folder_renames_resumes_from_the_last_epoch(tiny_dataset, pretrained_file, tmp_path,
                                                                             monkeypatch, capsys):
     output_dir = tmp_path / "run"
@@ -125,6 +128,7 @@ def test_a_kill_between_the_model_folder_renames_resumes_from_the_last_epoch(tin
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # no staging or previous folder left
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings(tiny_dataset, pretrained_file, tmp_path, monkeypatch):
     output_dir = tmp_path / "run"
     _stop_at_epoch(monkeypatch, 2)
@@ -155,6 +159,7 @@ def _stop_at_epoch(monkeypatch, epoch: int, steps_before: int = 0) -> None:
     monkeypatch.setattr(training.F, "cross_entropy", cross_entropy)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
         tiny_dataset, pretrained_file, tmp_path, monkeypatch):
     output_dir = tmp_path / "diverged"

@@ -7,10 +7,10 @@ import timm
 import torch
 
 from conftest import make_dataset_folder
-from test_training_run import tiny_settings
+from support.runs import tiny_settings
 from tl_space import caches
 from tl_space.settings import COMPILE_MIN_IMAGES
-from tl_space.training import run
+from tl_space.training.run import run
 from tl_space.training.features import FixedBatch, feature_extractor
 from tl_space.training.run import resolve
 from tl_space.transforms import Preprocessing
@@ -52,6 +52,7 @@ def test_every_part_of_the_key_matters_but_the_head_does_not():
     assert _key(model) != base
 
 
+@pytest.mark.slow
 def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset, pretrained_file, tmp_path, capsys):
     cache = tmp_path / "cache"
     first = tiny_settings(tiny_dataset, tmp_path / "first", pretrained_file, strategy="linear-probe",
@@ -75,6 +76,7 @@ def test_cached_features_are_reused_for_reruns_and_few_shot_subsets(tiny_dataset
     assert sorted((cache / "features").glob("*.safetensors")) == stored
 
 
+@pytest.mark.slow
 def test_changed_images_never_reuse_a_stale_cache(tiny_dataset, pretrained_file, tmp_path, capsys):
     cache = tmp_path / "cache"
     run(tiny_settings(tiny_dataset, tmp_path / "a", pretrained_file, strategy="linear-probe",
@@ -88,6 +90,7 @@ def test_changed_images_never_reuse_a_stale_cache(tiny_dataset, pretrained_file,
     assert len(list((cache / "features").glob("*.safetensors"))) == 5  # 3, then the new test split and its mirror images
 
 
+@pytest.mark.slow
 def test_cached_features_match_a_fresh_pass(tiny_dataset, pretrained_file, tmp_path):
     cache = tmp_path / "cache"
     run(tiny_settings(tiny_dataset, tmp_path / "cached", pretrained_file, strategy="linear-probe",
@@ -102,6 +105,7 @@ def test_cached_features_match_a_fresh_pass(tiny_dataset, pretrained_file, tmp_p
         assert entry_cached["val_loss"] == pytest.approx(entry_fresh["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_extractor_gives_the_eager_features_for_every_batch_size():
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3).eval().to(memory_format=torch.channels_last)
@@ -117,6 +121,7 @@ def test_compiled_extractor_gives_the_eager_features_for_every_batch_size():
     torch.testing.assert_close(torch.cat(batches), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_auto_only_where_it_repays_its_start_up(tiny_dataset, pretrained_file, tmp_path):
     settings = tiny_settings(tiny_dataset, tmp_path, pretrained_file)
 

@@ -1,7 +1,8 @@
-"""The training loop's learning-rate schedule and its estimate of a stage's time."""
+"""The training loop's pieces: the schedule, the time budget, the record of an epoch, patience, the NaN guard, the
+estimate of a stage's time; each on real torch objects, with an injected clock where time matters."""
 
 import math
-import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +10,31 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from tl_space.errors import UserError
+from tl_space.folder.metrics import EpochRecord
 from tl_space.training import loop
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def __deepcopy__(self, memo):  # a copied model keeps ticking the same clock
+        return self
+
+
+def epoch_record(epoch: int, val_accuracy: float, seconds: float = 1.0) -> EpochRecord:
+    return EpochRecord(epoch=epoch, stage="finetune", train_loss=1.0, train_accuracy=0.5, val_loss=1.0,
+                       val_accuracy=val_accuracy, seconds=seconds, train_images_per_second=10.0, lr=1e-3)
+
+
+def run_state(tmp_path: Path) -> loop.RunState:
+    return loop.RunState(tmp_path / "checkpoint", torch.Generator(), {"strategy": "finetune"})
 
 
 def test_the_schedule_follows_steps_or_time_whichever_is_further():
@@ -24,26 +49,170 @@ def test_the_schedule_follows_steps_or_time_whichever_is_further():
     assert factor(10) == pytest.approx(0.0)
 
 
-class OneSlowStep(nn.Module):
-    """A linear layer whose first timed training step stalls, as one step on a shared CPU can."""
+def test_the_time_budget_counts_earlier_epochs_and_the_running_one():
+    clock = FakeClock()
+    budget = loop.TimeBudget(allowed_seconds=60.0, clock=clock, spent_before=30.0)
+    budget.start_epoch()
+    clock.now += 15
+    budget.update(Accelerator(cpu=True))
+    assert budget.fraction == pytest.approx(0.75) and not budget.exhausted
+    clock.now += 15
+    budget.update(Accelerator(cpu=True))
+    assert budget.exhausted
 
-    def __init__(self):
+
+def test_no_budget_is_never_exhausted():
+    clock = FakeClock()
+    budget = loop.TimeBudget(None, clock=clock)
+    budget.start_epoch()
+    clock.now += 1e6
+    budget.update(Accelerator(cpu=True))
+    assert budget.fraction == 0 and not budget.exhausted
+
+
+def test_record_epoch_keeps_the_best_weights_and_only_the_best(tmp_path):
+    state, model = run_state(tmp_path), nn.Linear(2, 2)
+    accelerator = Accelerator(cpu=True)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    loop.record_epoch(accelerator, state, epoch_record(1, 0.6), model, "epoch 1")
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    loop.record_epoch(accelerator, state, epoch_record(2, 0.5), model, "epoch 2")  # worse: not kept
+    assert [entry.epoch for entry in state.history] == [1, 2]
+    assert state.best.epoch == 1 and state.best.accuracy == 0.6
+    assert torch.equal(state.best.state["weight"], torch.ones(2, 2))  # a copy, not the live weights
+    loop.record_epoch(accelerator, state, epoch_record(3, 0.7), model, "epoch 3")
+    assert state.best.epoch == 3 and torch.equal(state.best.state["weight"], torch.full((2, 2), 2.0))
+
+
+def test_patience_counts_within_the_stage(tmp_path):
+    state = run_state(tmp_path)
+    state.best = loop.BestModel(0.9, 2, None)  # the probe stage's best, epoch 2
+    # A fine-tuning stage starting at epoch 5 has its full patience from there, not from epoch 2.
+    assert not loop.patience_ran_out(state, 2, epoch=5, first_epoch=5)
+    assert loop.patience_ran_out(state, 2, epoch=6, first_epoch=5)
+    assert not loop.patience_ran_out(state, None, epoch=60, first_epoch=5)
+
+
+def test_a_loss_that_is_no_number_stops_before_the_step_and_says_what_is_kept(tmp_path):
+    state = run_state(tmp_path)
+    stage = SimpleNamespace(lr=1e-2)
+    loop.check_finite(torch.tensor(1.0), stage, 1, 1, 10, state)  # a number passes
+    with pytest.raises(UserError, match="no epoch finished.*lower --lr \\(now 0.01\\)"):
+        loop.check_finite(torch.tensor(float("nan")), stage, 1, 3, 10, state)
+    state.history.append(epoch_record(1, 0.5))
+    with pytest.raises(UserError, match="checkpoint \\(epoch 1\\) is kept.*--resume"):
+        loop.check_finite(torch.tensor(float("inf")), stage, 2, 3, 10, state)
+
+
+def test_an_epoch_record_round_trips_through_json():
+    lbfgs = EpochRecord(epoch=1, stage="linear-probe", train_loss=0.1, train_accuracy=0.9, val_loss=0.2,
+                        val_accuracy=0.8, seconds=2.0, train_images_per_second=100.0, lr=None, l2=1e-3)
+    assert EpochRecord.from_json(lbfgs.to_json()) == lbfgs
+    assert "l2" not in epoch_record(1, 0.5).to_json()  # an AdamW epoch has no L2 strength
+    assert "stage" not in lbfgs.logged() and lbfgs.logged()["l2"] == 1e-3
+
+
+class OneSlowStep(nn.Module):
+    """A linear layer whose first timed training step stalls (the injected clock jumps), as one step on a shared
+    CPU can; every other call takes 10 ms of the clock."""
+
+    def __init__(self, clock: FakeClock):
         super().__init__()
-        self.linear, self.calls = nn.Linear(4, 3), 0
+        self.linear, self.calls, self.clock = nn.Linear(4, 3), 0, clock
 
     def forward(self, inputs):
         self.calls += 1
-        if self.calls == loop.ESTIMATE_WARMUP_STEPS + 1:
-            time.sleep(0.5)
+        self.clock.now += 50.0 if self.calls == loop.ESTIMATE_WARMUP_STEPS + 1 else 0.01
         return self.linear(inputs)
 
 
 def test_one_stalled_step_does_not_set_the_estimate():
+    clock = FakeClock()
     inputs = lambda indices, augment: torch.ones(len(indices), 4)  # noqa: E731
-    stage = loop.Stage(1, "finetune", OneSlowStep(), inputs, inputs, epochs=2, lr=1e-3, eval_batch_size=32)
+    module = OneSlowStep(clock)
+    stage = loop.Stage(1, "finetune", module, inputs, inputs, epochs=2, lr=1e-3, eval_batch_size=32)
     splits = SimpleNamespace(train=range(320), val=range(32))
     settings = loop.LoopSettings(batch_size=32, weight_decay=0.0, seed=0, min_epoch_images=0, max_train_minutes=None,
-                                 patience=None, keep_batchnorm_statistics=False, published_settings={})
-    seconds = loop.estimate_stage_seconds(Accelerator(cpu=True), stage, splits, settings)
-    assert 0 < seconds < 0.5  # 2 epochs of 10 steps: a 0.5 s step would make it 10 s
-    assert stage.module.calls == 0  # timed on a copy
+                                 patience=None, keep_batchnorm_statistics=False)
+    seconds = loop.estimate_stage_seconds(Accelerator(cpu=True), stage, splits, settings, clock=clock)
+    # 2 epochs of 10 steps at the median step (10 ms), plus one validation batch per epoch (10 ms): a 50 s step
+    # would have made it 1000 s.
+    assert seconds == pytest.approx(2 * (10 * 0.01 + 0.01))
+    assert module.calls == 0  # timed on a copy
+
+
+def feature_splits(seed: int = 0):
+    """Separable 8-dimensional features of 3 classes, as a probe stage trains on them (no images needed)."""
+    from tl_space.data import DataSplits, LabelledImages
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(count):
+        labels = torch.arange(3).repeat(count)
+        features = torch.randn(len(labels), 8, generator=generator) + torch.eye(3, 8)[labels] * 4
+        return LabelledImages(torch.empty(len(labels), 0, dtype=torch.uint8), labels, features)
+    return DataSplits(split(20), split(5), split(5), ["a", "b", "c"], "img", "label")
+
+
+def feature_stage(splits, head, epochs, lr=0.05):
+    from tl_space.training.batches import feature_inputs
+
+    return loop.Stage(0, "linear-probe", head, feature_inputs(splits.train.features),
+                      feature_inputs(splits.val.features), epochs, lr, eval_batch_size=16)
+
+
+def test_a_stage_records_every_epoch_checkpoints_it_and_resumes_where_it_stopped(tmp_path):
+    from tl_space.training import checkpoint
+
+    splits = feature_splits()
+    settings = loop.LoopSettings(batch_size=16, weight_decay=0.0, seed=0, min_epoch_images=0, max_train_minutes=None,
+                                 patience=None, keep_batchnorm_statistics=True)
+    torch.manual_seed(0)
+    head = nn.Linear(8, 3)
+    state = run_state(tmp_path)
+    loop.train_stage(Accelerator(cpu=True), feature_stage(splits, head, epochs=3), head, splits, settings, state)
+    assert [entry.epoch for entry in state.history] == [1, 2, 3] and state.stopped_by == "epochs"
+    assert state.best.accuracy == max(entry.val_accuracy for entry in state.history) > 0.9
+    progress = checkpoint.read_progress(state.checkpoint_dir)
+    assert progress["stage_epochs_done"] == 3 and progress["settings"] == {"strategy": "finetune"}
+    assert [entry["epoch"] for entry in progress["history"]] == [1, 2, 3]
+    resumed = loop.RunState(state.checkpoint_dir, torch.Generator(), state.published_settings,
+                            history=[EpochRecord.from_json(entry) for entry in progress["history"][:2]],
+                            best=state.best, resume_stage=0, resume_epochs_done=2)
+    again = nn.Linear(8, 3)
+    loop.train_stage(Accelerator(cpu=True), feature_stage(splits, again, epochs=3), again, splits, settings, resumed)
+    assert [entry.epoch for entry in resumed.history] == [1, 2, 3]  # only the third epoch ran again
+
+
+def test_a_spent_budget_skips_a_later_stage_and_patience_ends_one(tmp_path):
+    splits = feature_splits()
+    budget = loop.LoopSettings(batch_size=16, weight_decay=0.0, seed=0, min_epoch_images=0, max_train_minutes=0.01,
+                               patience=None, keep_batchnorm_statistics=True)
+    state = run_state(tmp_path)
+    state.history.append(epoch_record(1, 0.5, seconds=60.0))  # an earlier stage used the whole minute
+    head = nn.Linear(8, 3)
+    loop.train_stage(Accelerator(cpu=True), feature_stage(splits, head, epochs=2), head, splits, budget, state)
+    assert state.stopped_by == "time budget" and len(state.history) == 1
+    patient = loop.LoopSettings(batch_size=16, weight_decay=0.0, seed=0, min_epoch_images=0, max_train_minutes=None,
+                                patience=1, keep_batchnorm_statistics=True)
+    state = run_state(tmp_path / "patience")
+    state.best = loop.BestModel(1.0, 0, {name: value.clone() for name, value in head.state_dict().items()})  # unbeatable
+    loop.train_stage(Accelerator(cpu=True), feature_stage(splits, head, epochs=5, lr=1e-6), head, splits, patient,
+                     state)
+    assert state.stopped_by == "patience" and len(state.history) == 1
+
+
+def test_the_lbfgs_probe_records_one_entry_per_l2_strength_and_keeps_the_best(tmp_path):
+    splits = feature_splits()
+    head = nn.Linear(8, 3)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    state = run_state(tmp_path)
+    loop.fit_head_stage(Accelerator(cpu=True), feature_stage(splits, head, epochs=len(loop.L2_GRID)), head, splits,
+                        state)
+    assert [entry.l2 for entry in state.history] == list(loop.L2_GRID) and all(e.lr is None for e in state.history)
+    best = max(state.history, key=lambda entry: entry.val_accuracy)
+    assert state.best.epoch == best.epoch and state.best.accuracy > 0.9

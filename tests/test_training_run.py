@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from PIL import Image
 
+from support.runs import ROOT, tiny_settings, train_cli
 from conftest import CLASS_NAMES, TINY_MODEL, add_validation_split, make_dataset_folder, make_image_folder
 from tl_space import data
 from tl_space.markdown import text
@@ -21,22 +22,13 @@ from tl_space.strategies import NAMES, STRATEGIES as STRATEGY_TABLE
 
 STRATEGIES = [name for name in NAMES if STRATEGY_TABLE[name].trains_at_all]  # the five that train
 from tl_space.training.evaluation import classification_metrics
-from tl_space.folder.read import load_model_folder
+from tl_space.app.served import load_served_model
 from tl_space.settings import TrainSettings
 from tl_space.errors import UserError
-from tl_space.training import run
+from tl_space.training.run import run
 from tl_space.transforms import preprocessing_for, to_model_input
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_settings(dataset: Path, output_dir: Path, pretrained_file: Path, **overrides) -> TrainSettings:
-    values = dict(dataset=str(dataset), model=TINY_MODEL, strategy="finetune", pretrained_file=str(pretrained_file),
-                  epochs=2, probe_epochs=2, batch_size=32, image_size=32, val_size=30, output_dir=str(output_dir),
-                  mixed_precision="no", cache_dir="none")
-    values.update(overrides)
-    return TrainSettings(**values)
-
+pytestmark = pytest.mark.slow  # end to end: train.py's code, or the app on a port
 
 @pytest.fixture(scope="module", params=STRATEGIES)
 def trained(request, tiny_dataset, pretrained_file, tmp_path_factory):
@@ -136,7 +128,7 @@ def test_few_shot_run_trains_on_the_asked_counts(tiny_dataset, pretrained_file, 
     folder = tmp_path / "few"
     run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", shots_per_class=5, flip_tta="off"))
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["flip_tta"] is None and not load_model_folder(str(folder)).flip_tta  # --flip-tta off: not measured
+    assert metrics["flip_tta"] is None and not load_served_model(str(folder)).flip_tta  # --flip-tta off: not measured
     assert metrics["data"]["train_images_per_class"] == {name: 5 for name in CLASS_NAMES}
     assert metrics["data"]["val_images"] == 30 and metrics["data"]["train_images"] == 5 * len(CLASS_NAMES)
 
@@ -156,12 +148,6 @@ def test_rerun_with_same_settings_replaces_the_folder(tiny_dataset, pretrained_f
     (tmp_path / "again" / "stale.txt").write_text("old")
     run(settings)
     assert not (tmp_path / "again" / "stale.txt").exists()
-
-
-def _train_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=300)
 
 
 def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, pretrained_file, tmp_path):
@@ -185,13 +171,13 @@ def test_bad_options_stop_before_training_with_one_clear_sentence(tiny_dataset, 
          "--freeze-depthwise: ResNet has no depthwise convolutions"),
     ]
     for args, expected in cases:
-        result = _train_cli(*args, "--output-dir", str(tmp_path / "out")) if "--output-dir" not in args else _train_cli(*args)
+        result = train_cli(*args, "--output-dir", str(tmp_path / "out")) if "--output-dir" not in args else train_cli(*args)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
         error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
         assert not (tmp_path / "out").exists()
-    unknown_strategy = _train_cli("--strategy", "frozen")
+    unknown_strategy = train_cli("--strategy", "frozen")
     assert unknown_strategy.returncode == 2 and "invalid choice: 'frozen'" in unknown_strategy.stderr
 
 
@@ -200,7 +186,7 @@ def test_two_processes_give_the_same_test_metrics_as_one(tiny_dataset, pretraine
     common = ["--dataset", str(tiny_dataset), "--model", TINY_MODEL, "--pretrained-file", str(pretrained_file),
               "--strategy", "linear-probe", "--epochs", "4", "--lr", "0.05", "--image-size", "32", "--val-size", "30",
               "--max-train-samples", "96", "--mixed-precision", "no", "--cache-dir", "none"]
-    single = _train_cli(*common, "--batch-size", "32", "--output-dir", str(tmp_path / "one"))
+    single = train_cli(*common, "--batch-size", "32", "--output-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     # `--multi_gpu` is accelerate's torchrun launcher; with no GPU the processes join a CPU (gloo) group.
@@ -366,7 +352,6 @@ def test_the_run_estimates_its_whole_wall_time_before_any_long_work(tiny_dataset
 def test_a_vision_transformer_trains_at_another_size_and_the_app_serves_it(tiny_dataset, tmp_path):
     from safetensors.torch import save_file
 
-    from tl_space.app.inference import class_probabilities
     from tl_space.images import open_image
 
     weights = tmp_path / "test_vit.safetensors"
@@ -374,10 +359,10 @@ def test_a_vision_transformer_trains_at_another_size_and_the_app_serves_it(tiny_
     folder = run(tiny_settings(tiny_dataset, tmp_path / "vit", weights, model="test_vit", strategy="finetune",
                                epochs=1, image_size=32))
     assert json.loads((folder / "metrics.json").read_text())["preprocessing"]["image_size"] == 32
-    loaded = load_model_folder(str(folder))
+    loaded = load_served_model(str(folder))
     image_path = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (220, 10, 10)).save(image_path)
-    assert set(class_probabilities(loaded, open_image(image_path))) == set(CLASS_NAMES)
+    assert set(loaded.class_probabilities(open_image(image_path))) == set(CLASS_NAMES)
 
 
 def test_freeze_depthwise_keeps_the_pretrained_depthwise_weights_and_trains_the_rest(tiny_dataset, tmp_path):

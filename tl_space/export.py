@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def export_command() -> None:
-        from tl_space.folder.read import load_model_folder
+        from tl_space.app.served import load_served_model
 
-        loaded = load_model_folder(args.model_id)
+        loaded = load_served_model(args.model_id)
         export_onnx(loaded.model, loaded.preprocessing, loaded.label_names, loaded.temperature, args.output,
                     loaded.name, loaded.flip_tta)
         print(f"wrote {args.output} and {sidecar_path(args.output)} (preprocessing, labels, temperature) "

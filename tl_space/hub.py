@@ -12,7 +12,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, snapshot_download
 
 from tl_space.errors import UserError, exit_code, failure
-from tl_space.folder.files import NOT_PUSHED, CONFIG_FILE, STUDY_FILE, STUDY_FILES, is_model_folder, read_json
+from tl_space.folder.files import NOT_PUSHED, CONFIG_FILE, STUDY_FILE, STUDY_FILES, display_name, is_model_folder
+from tl_space.folder.study import served_run
 
 LOGIN_HINT = "run `hf auth login` (or `huggingface-cli login`) or set HF_TOKEN to a token with write access"
 
@@ -101,12 +102,6 @@ def push_model_folder(folder: Path, repo_id: str, *, private: bool = False, comm
     return push_folder(folder, repo_id, private=private, commit_message=commit_message, api=api)
 
 
-def display_name(source: str) -> str:
-    """How a model or study is named to visitors: a Hub id as given, a local folder by its name only."""
-    path = Path(source).expanduser()
-    return path.name if path.is_dir() else source
-
-
 def _download(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
     return Path(snapshot_download(repo_id=repo_id.removeprefix("hf-hub:"), repo_type="model",
                                   allow_patterns=allow_patterns))
@@ -123,7 +118,7 @@ def resolve_folder(source: str, what: str = "model") -> Path:
     try:
         top = _download(source, [STUDY_FILE, CONFIG_FILE])
         if (top / STUDY_FILE).is_file() and not (top / CONFIG_FILE).is_file():
-            best_run = read_json(top / STUDY_FILE, {}, source).get("best_run")
+            best_run = served_run(top)
             return _download(source, STUDY_FILES + ([f"{best_run}/*"] if best_run and what == "model" else []))
         return _download(source)
     except Exception as error:  # huggingface_hub raises many types: offline, not found, gated, bad id

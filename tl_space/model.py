@@ -12,6 +12,7 @@ from torch import nn
 from tl_space import scratch_net, speedrun_net  # noqa: F401  (register tl_scratch_cnn, tl_speedrun_cnn in timm)
 from tl_space.transforms import to_model_input
 from tl_space.errors import UserError, failure
+from tl_space.strategies import Trains
 
 MODEL_SOURCES = ("hf-hub:", "local-dir:")
 
@@ -174,14 +175,13 @@ def parameters_after(model: nn.Module, boundary: str) -> list[nn.Parameter]:
     return [parameter for name in downstream for parameter in modules[name].parameters(recurse=False)]
 
 
-def trainable_parameters(model: nn.Module, trains: str, unfreeze_stages: int = 1) -> list[nn.Parameter]:
-    """The parameters a strategy trains (Strategy.trains): the "head" alone, the "last stages" and head, or "all"."""
-    if trains == "all":
+def trainable_parameters(model: nn.Module, trains: Trains, unfreeze_stages: int = 1) -> list[nn.Parameter]:
+    """The parameters a strategy trains (Strategy.trains): the head alone, the last stages and head, or all."""
+    trains = Trains(trains)
+    if trains == Trains.ALL:
         return list(model.parameters())
-    if trains == "head":
+    if trains == Trains.HEAD:
         return classifier_parameters(model)
-    if trains != "last stages":
-        raise ValueError(f"unknown part to train {trains!r}")
     stages = stage_names(model)
     if not stages:
         raise UserError(f"--strategy partial needs a model whose stages timm lists (feature_info); "

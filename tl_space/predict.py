@@ -104,20 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def predict_command() -> None:
-        from tl_space.app.inference import batch_probabilities  # the app's own path from images to probabilities
-        from tl_space.folder.read import load_model_folder
+        from tl_space.app.served import load_served_model  # the app's own path from images to probabilities
 
         if args.top_k < 1 or args.batch_size < 1:
             raise UserError("--top-k and --batch-size must be at least 1")
         files = image_files(args.paths)
         if not files:
             raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {args.paths}")
-        loaded = load_model_folder(args.model_id)
+        loaded = load_served_model(args.model_id)
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
         loaded.model.to(device)
         top_k = min(args.top_k, len(loaded.label_names))
         predictions, skipped = classify_files(
-            ((str(path), path) for path in files), lambda images: batch_probabilities(loaded, images),
+            ((str(path), path) for path in files), loaded.probabilities,
             loaded.label_names, side=loaded.preprocessing.image_size, top_k=top_k, batch_size=args.batch_size,
             progress=True, total=len(files))
         for line in skipped:

@@ -6,30 +6,53 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from tl_space import strategies
 from tl_space.caches import default_cache_dir
 from tl_space.errors import UserError
 
-MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
-COMPILE_CHOICES = ("auto", "yes", "no")
-FLIP_TTA_CHOICES = ("auto", "off")
-BATCHNORM_CHOICES = ("auto", "pretrained", "batch")
-HEAD_INIT_CHOICES = ("zero", "class-means")
-PROBE_SOLVER_CHOICES = ("adamw", "lbfgs")
+
+
+class MixedPrecision(StrEnum):
+    AUTO, NO, FP16, BF16 = "auto", "no", "fp16", "bf16"
+
+
+class CompileMode(StrEnum):
+    AUTO, YES, NO = "auto", "yes", "no"
+
+
+class FlipTTA(StrEnum):
+    AUTO, OFF = "auto", "off"
+
+
+class BatchNormChoice(StrEnum):
+    AUTO = "auto"
+    PRETRAINED, BATCH = strategies.BatchNormRule.PRETRAINED.value, strategies.BatchNormRule.BATCH.value
+
+
+class HeadInit(StrEnum):
+    ZERO, CLASS_MEANS = "zero", strategies.CLASS_MEANS
+
+
+class ProbeSolver(StrEnum):
+    ADAMW, LBFGS = "adamw", "lbfgs"
+
 # Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
 COMPILE_MIN_IMAGES = 10_000
 # What options the user leaves unset become, by machine. A GPU: a full fine-tune of ResNet-18 at its pretrained
-# size. A CPU: the best recipe measured within an hour on a 2-core CPU (lite0 lp-ft at 112 px, 5.6 fine-tuning
-# epochs in the budget; 96 px fits 8.3 and scored 0.27 points less; docs/results.md), its training bounded by
-# minutes, so a faster CPU trains more epochs, not longer than an hour.
-GPU_DEFAULTS = {"model": "resnet18.a1_in1k", "strategy": "finetune", "batch_size": 128, "epochs": 5}
-CPU_DEFAULTS = {"model": "tf_efficientnet_lite0", "image_size": 112, "strategy": "lp-ft", "batch_size": 32,
+# size. A CPU: the best transfer recipe measured within an hour on a 2-core CPU, its training bounded by minutes,
+# so a faster CPU trains more epochs, not longer than an hour. The evidence, with its figures and commands, is
+# docs/results.md, "A newcomer's first run on this CPU":
+#   lite0 lp-ft, 112 px, 52 min budget: 5.6 fine-tuning epochs fit, the best test accuracy of those measured
+#   lite0 lp-ft,  96 px, 50 min budget: 8.3 epochs fit, a quarter point lower
+GPU_DEFAULTS = {"model": "resnet18.a1_in1k", "strategy": strategies.FINETUNE, "batch_size": 128, "epochs": 5}
+CPU_DEFAULTS = {"model": "tf_efficientnet_lite0", "image_size": 112, "strategy": strategies.LP_FT, "batch_size": 32,
                 "epochs": 6, "max_train_minutes": 52.0}
-CPU_DEFAULTS_REASON = ("the recipe that reached 91.6% on CIFAR-10 within an hour on a 2-core CPU; "
+CPU_DEFAULTS_REASON = ("the best transfer recipe measured within an hour on a 2-core CPU, docs/results.md; "
                        "a GPU's defaults are a full fine-tune of resnet18.a1_in1k at 224 px for 5 epochs")
 
 
@@ -38,7 +61,7 @@ CPU_DEFAULTS_REASON = ("the recipe that reached 91.6% on CIFAR-10 within an hour
 # whose recipe parts are its own options: label smoothing, flip and translate on the device, a weight average,
 # warm-up then cosine decay, flip test-time augmentation.
 RECIPES = {
-    "speedrun": {"strategy": "scratch", "model": "tl_speedrun_cnn", "image_size": 32, "batch_size": 256,
+    "speedrun": {"strategy": strategies.SCRATCH, "model": "tl_speedrun_cnn", "image_size": 32, "batch_size": 256,
                  "epochs": 10, "lr": 2e-3, "label_smoothing": 0.2, "ema_decay": 0.99},
 }
 
@@ -99,6 +122,20 @@ def option(default, help: str, run: bool = True, **argparse_kwargs):
     return field(default=default, metadata={"help": help, "run": run, **argparse_kwargs})
 
 
+def mode_option(default: StrEnum, help: str, run: bool = True):
+    """A settings field that takes one of an Enum's values: checked (and typed) once, in __post_init__."""
+    return field(default=default, metadata={"help": help, "run": run, "mode": type(default),
+                                            "metavar": "{" + ",".join(type(default)) + "}"})
+
+
+def as_mode(mode: type[StrEnum], value: object, name: str) -> StrEnum:
+    """value as a member of mode, or a UserError naming the option and what it takes."""
+    try:
+        return mode(value)
+    except ValueError:
+        raise UserError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(mode)}") from None
+
+
 @dataclass
 class TrainSettings:
     """Every knob of a training run, with defaults that work."""
@@ -128,23 +165,21 @@ class TrainSettings:
     batch_size: int | None = option(None, "images per batch and process; if unset, the machine's default (below)")
     eval_batch_size: int | None = option(None, "images per batch for features and evaluation; if unset, "
                                           f"{CPU_EVAL_BATCH_SIZE} on a CPU (small batches stay in its caches), --batch-size on a GPU", run=False)
-    compile: str = option("auto", "torch.compile the frozen backbone for feature extraction; auto: on a CPU, "
-                           f"for at least {COMPILE_MIN_IMAGES} images, where it pays for its start-up",
-                           choices=COMPILE_CHOICES, run=False)
-    batchnorm: str = option("auto", "BatchNorm while training: pretrained: normalise with the backbone's ImageNet "
+    compile: CompileMode = mode_option(CompileMode.AUTO, "torch.compile the frozen backbone for feature extraction; "
+                                       f"auto: on a CPU, for at least {COMPILE_MIN_IMAGES} images, where it pays for "
+                                       "its start-up", run=False)
+    batchnorm: BatchNormChoice = mode_option(BatchNormChoice.AUTO, "BatchNorm while training: pretrained: normalise with the backbone's ImageNet "
                              "statistics, kept fixed (scale and shift still train), so the features a probe head "
                              "learned stay put when fine-tuning starts; batch: by each batch's statistics, updating "
-                             "the running ones (PyTorch's train mode); auto: batch for scratch, else pretrained",
-                             choices=BATCHNORM_CHOICES)
-    head_init: str = option("zero", "how a new head on pretrained features starts: zero (uniform predictions) or "
+                             "the running ones (PyTorch's train mode); auto: batch for scratch, else pretrained")
+    head_init: HeadInit = mode_option(HeadInit.ZERO, "how a new head on pretrained features starts: zero (uniform predictions) or "
                                     "class-means: each class's weights the normalised mean of its training images' "
                                     "frozen features (weight imprinting, Qi et al. 2018); class-means needs the "
-                                    "frozen features of linear-probe or lp-ft", choices=HEAD_INIT_CHOICES)
-    probe_solver: str = option("adamw", "how a head learns on cached features (linear-probe, lp-ft's first stage): "
+                                    "frozen features of linear-probe or lp-ft")
+    probe_solver: ProbeSolver = mode_option(ProbeSolver.ADAMW, "how a head learns on cached features (linear-probe, lp-ft's first stage): "
                                         "adamw: epochs of minibatch steps; lbfgs: multinomial logistic regression by "
                                         "full-batch L-BFGS at each L2 strength of a grid, the one with the best "
-                                        "validation accuracy kept (seconds on cached features)",
-                               choices=PROBE_SOLVER_CHOICES)
+                                        "validation accuracy kept (seconds on cached features)")
     patience: int | None = option(None, "stop a stage once validation accuracy has not improved for this many epochs; "
                                         "if unset, every epoch runs")
     lr: float | None = option(None, "peak learning rate of AdamW (for lp-ft: of the fine-tuning stage); if unset, "
@@ -184,14 +219,14 @@ class TrainSettings:
                                       "0: each image once per epoch")
     max_train_samples: int | None = option(None, "quick runs: use at most this many training images (stratified)")
     max_eval_samples: int | None = option(None, "quick runs: use at most this many validation and test images each")
-    flip_tta: str = option("auto", "after training, measure flip test-time augmentation on the test split (reported "
+    flip_tta: FlipTTA = mode_option(FlipTTA.AUTO, "after training, measure flip test-time augmentation on the test split (reported "
                                    "separately) and let the app use it where it gained at least half a point; "
-                                   "off: skip it (saves a pass over the test split)", choices=FLIP_TTA_CHOICES, run=False)
+                                   "off: skip it (saves a pass over the test split)", run=False)
     max_misclassified: int = option(64, "most confident test mistakes saved to misclassified/")
     threads: int | None = option(None, "CPU threads per process; if unset, on a CPU this machine's cores divided among "
                                        "its processes (`accelerate launch` alone would leave one)", run=False)
-    mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, else what accelerate launch was told, else fp32",
-                                   choices=MIXED_PRECISION_CHOICES)
+    mixed_precision: MixedPrecision = mode_option(MixedPrecision.AUTO, "auto: bf16 on a GPU that has it, else what "
+                                                  "accelerate launch was told, else fp32")
     report_to: str | None = option(None, "accelerate trackers for per-epoch metrics, comma-separated: tensorboard, wandb, trackio, "
                                    "mlflow, ... or all; their local files are kept in the model folder's logs/", run=False)
     cache_dir: str = option(default_cache_dir(), "where reruns find what earlier runs computed: the decoded images "
@@ -205,8 +240,16 @@ class TrainSettings:
     hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to; required with --push-to-hub (no default)", run=False)
     private: bool = option(False, "with --push-to-hub: create the repo private", run=False)
 
+    def __post_init__(self) -> None:
+        for settings_field in dataclasses.fields(self):  # the one check of every mode, from argparse or from code
+            if "mode" in settings_field.metadata:
+                setattr(self, settings_field.name, as_mode(settings_field.metadata["mode"],
+                                                           getattr(self, settings_field.name), settings_field.name))
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values: each mode as its string."""
+        return {name: value.value if isinstance(value, StrEnum) else value
+                for name, value in dataclasses.asdict(self).items()}
 
     def published(self) -> dict:
         """The settings as a model folder records them, with no path of this machine: the dataset by its Hub id
@@ -244,7 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type, exclude
         if settings_field.name in exclude or "help" not in settings_field.metadata:
             continue
         flag = "--" + settings_field.name.replace("_", "-")
-        extra = {k: v for k, v in settings_field.metadata.items() if k not in ("help", "run")}
+        extra = {k: v for k, v in settings_field.metadata.items() if k not in ("help", "run", "mode")}
         if settings_field.type == "bool":
             parser.add_argument(flag, action="store_true", help=settings_field.metadata["help"])
             continue
@@ -274,19 +317,9 @@ def check_settings(settings: TrainSettings) -> None:
     if settings.strategy not in strategies.NAMES:
         raise UserError(f"--strategy {settings.strategy!r} is not one of {', '.join(strategies.NAMES)}")
     chosen = strategies.STRATEGIES[settings.strategy]
-    if settings.mixed_precision not in MIXED_PRECISION_CHOICES:
-        raise UserError(f"--mixed-precision {settings.mixed_precision!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
-    if settings.flip_tta not in FLIP_TTA_CHOICES:
-        raise UserError(f"--flip-tta {settings.flip_tta!r} is not one of {', '.join(FLIP_TTA_CHOICES)}")
-    if settings.head_init not in HEAD_INIT_CHOICES:
-        raise UserError(f"--head-init {settings.head_init!r} is not one of {', '.join(HEAD_INIT_CHOICES)}")
-    if settings.head_init == "class-means" and not chosen.probe_first:
+    if settings.head_init == HeadInit.CLASS_MEANS and not chosen.probe_first:
         raise UserError(f"--head-init class-means needs the frozen features of a probe; --strategy {settings.strategy} "
                         "has none: use linear-probe or lp-ft, or --head-init zero")
-    if settings.probe_solver not in PROBE_SOLVER_CHOICES:
-        raise UserError(f"--probe-solver {settings.probe_solver!r} is not one of {', '.join(PROBE_SOLVER_CHOICES)}")
-    if settings.compile not in COMPILE_CHOICES:
-        raise UserError(f"--compile {settings.compile!r} is not one of {', '.join(COMPILE_CHOICES)}")
     positive = ("epochs", "batch_size", "eval_batch_size", "unfreeze_stages", "image_size", "shots_per_class", "val_size",
                 "max_train_samples", "max_eval_samples", "lr", "max_train_minutes", "patience", "threads",
                 "progressive_resize")

@@ -6,10 +6,26 @@ Every other module asks this table; none compares strategy names.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 # Head-only training tolerates (and needs) a larger step than updating a pretrained backbone.
 HEAD_LR = 1e-3
-PROBE_STAGE = "linear-probe"  # the name, in a run's history, of a stage that trains the head on frozen features
+SCRATCH, LINEAR_PROBE, PARTIAL, FINETUNE, LP_FT, CLASS_MEANS = (
+    "scratch", "linear-probe", "partial", "finetune", "lp-ft", "class-means")
+PROBE_STAGE = LINEAR_PROBE  # the name, in a run's history, of a stage that trains the head on frozen features
+
+
+class Trains(StrEnum):
+    """What a strategy's image stage updates."""
+
+    ALL = "all"  # every parameter
+    LAST_STAGES = "last stages"  # the last --unfreeze-stages stages and the head
+    HEAD = "head"  # the head alone (no image stage)
+
+
+class BatchNormRule(StrEnum):
+    PRETRAINED = "pretrained"  # running statistics kept as pretrained
+    BATCH = "batch"  # each batch's statistics, the running ones updated
 
 
 @dataclass(frozen=True)
@@ -18,9 +34,9 @@ class Strategy:
     pretrained: bool  # the backbone starts from ImageNet weights (else from random initialisation)
     probe_first: bool  # the head first trains alone on the frozen backbone's (cached) features
     image_stage: str | None  # the stage that then trains on images, by its name in the history; None: none
-    trains: str  # what the image stage updates: "all" parameters or the "last stages" and head ("head": no image stage)
+    trains: Trains
     lr: float  # the default peak learning rate of the strategy's last stage
-    batchnorm: str  # --batchnorm auto: "pretrained" (running statistics kept) or "batch"
+    batchnorm: BatchNormRule  # what --batchnorm auto means for it
     description: str
     trains_at_all: bool = True  # False: the head is set from the data (class means) and never trained
 
@@ -29,22 +45,37 @@ class Strategy:
         """Only the head ever trains: the backbone's features of an image never change."""
         return self.image_stage is None
 
+    @property
+    def fits_probe(self) -> bool:
+        """A linear probe and nothing else: a head trained on the frozen backbone's features."""
+        return self.frozen_backbone and self.trains_at_all
+
+    @property
+    def fine_tunes_everything(self) -> bool:
+        """Every layer of a pretrained backbone trains on images (finetune, lp-ft)."""
+        return self.pretrained and self.trains == Trains.ALL
+
+    @property
+    def fine_tunes_from_probe(self) -> bool:
+        """Fine-tuning that starts from a trained probe's head (lp-ft), not a fresh one (finetune)."""
+        return self.fine_tunes_everything and self.probe_first
+
 
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (
-    Strategy("scratch", pretrained=False, probe_first=False, image_stage="scratch", trains="all", lr=1e-3,
-             batchnorm="batch",  # a random network's running statistics mean nothing
+    Strategy(SCRATCH, pretrained=False, probe_first=False, image_stage=SCRATCH, trains=Trains.ALL, lr=1e-3,
+             batchnorm=BatchNormRule.BATCH,  # a random network's running statistics mean nothing
              description="random initialisation, every layer trains"),
-    Strategy("linear-probe", pretrained=True, probe_first=True, image_stage=None, trains="head", lr=HEAD_LR,
-             batchnorm="pretrained", description="frozen ImageNet backbone, only a new head trains (on cached features)"),
-    Strategy("partial", pretrained=True, probe_first=False, image_stage="partial", trains="last stages", lr=3e-4,
-             batchnorm="pretrained", description="the last --unfreeze-stages stages and the head train"),
-    Strategy("finetune", pretrained=True, probe_first=False, image_stage="finetune", trains="all", lr=1e-4,
-             batchnorm="pretrained", description="every layer trains from the ImageNet weights"),
-    Strategy("lp-ft", pretrained=True, probe_first=True, image_stage="finetune", trains="all", lr=1e-4,
-             batchnorm="pretrained", description="a linear probe first, then fine-tuning from its head "
+    Strategy(LINEAR_PROBE, pretrained=True, probe_first=True, image_stage=None, trains=Trains.HEAD, lr=HEAD_LR,
+             batchnorm=BatchNormRule.PRETRAINED, description="frozen ImageNet backbone, only a new head trains (on cached features)"),
+    Strategy(PARTIAL, pretrained=True, probe_first=False, image_stage=PARTIAL, trains=Trains.LAST_STAGES, lr=3e-4,
+             batchnorm=BatchNormRule.PRETRAINED, description="the last --unfreeze-stages stages and the head train"),
+    Strategy(FINETUNE, pretrained=True, probe_first=False, image_stage=FINETUNE, trains=Trains.ALL, lr=1e-4,
+             batchnorm=BatchNormRule.PRETRAINED, description="every layer trains from the ImageNet weights"),
+    Strategy(LP_FT, pretrained=True, probe_first=True, image_stage=FINETUNE, trains=Trains.ALL, lr=1e-4,
+             batchnorm=BatchNormRule.PRETRAINED, description="a linear probe first, then fine-tuning from its head "
                                                  "(Kumar et al. 2022)"),
-    Strategy("class-means", pretrained=True, probe_first=True, image_stage=None, trains="head", lr=HEAD_LR,
-             batchnorm="pretrained", trains_at_all=False,
+    Strategy(CLASS_MEANS, pretrained=True, probe_first=True, image_stage=None, trains=Trains.HEAD, lr=HEAD_LR,
+             batchnorm=BatchNormRule.PRETRAINED, trains_at_all=False,
              description="no training: the head is the normalised class means of the frozen features, a nearest "
                          "class mean classifier (the imprinted weights of Qi et al. 2018)"),
 )}
@@ -82,7 +113,8 @@ def stages(strategy: Strategy, epochs: int, probe_epochs: int, lr: float | None)
 
 
 def keeps_batchnorm_statistics(strategy: Strategy, batchnorm: str) -> bool:
-    """Whether BatchNorm layers normalise with their pretrained running statistics while training (--batchnorm)."""
+    """Whether BatchNorm layers normalise with their pretrained running statistics while training (--batchnorm:
+    auto, or a BatchNormRule)."""
     if strategy.frozen_backbone:
         return True  # a frozen backbone keeps them whatever --batchnorm says
-    return (strategy.batchnorm if batchnorm == "auto" else batchnorm) == "pretrained"
+    return (strategy.batchnorm if batchnorm == "auto" else BatchNormRule(batchnorm)) == BatchNormRule.PRETRAINED

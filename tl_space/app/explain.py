@@ -1,4 +1,7 @@
-"""Why did it say dog? Grad-CAM heatmaps (torchcam) for any class of a timm CNN, and what its stages respond to."""
+"""Why did it say dog? Grad-CAM heatmaps (torchcam) for any class of a timm CNN, and what its stages respond to.
+
+Functions of a model and its inputs; the served model (app/served.py) calls them under its lock.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,9 @@ from tl_space.markdown import code
 from tl_space.errors import UserError
 from tl_space.figures import new_figure, to_image
 from tl_space.folder import metrics as metrics_schema
-from tl_space.folder.read import LoadedModel
 from tl_space.images import image_tensor
 from tl_space.model import create_model
 from tl_space.strategies import strategy_named
-from tl_space.transforms import images_to_model_input
 
 DISPLAY_SIZE = 320
 # A heatmap from a 1x1 or 2x2 map says nothing about where: small inputs (CIFAR's 32 px) use an earlier stage.
@@ -44,28 +45,23 @@ def cam_layer(model: torch.nn.Module, image_size: int) -> str:
     return (wide_enough or stages[:1])[-1]["module"]
 
 
-def class_activation_maps(loaded: LoadedModel, image: Image.Image, class_indices: list[int]) -> torch.Tensor:
-    """Grad-CAM of each class for one image, (len(class_indices), S, S) in [0, 1], S the model's input size.
+def class_activation_maps(model: torch.nn.Module, inputs: torch.Tensor, class_indices: list[int],
+                          size: int) -> torch.Tensor:
+    """Grad-CAM of each class for one image's model input (1, 3, S, S): (len(class_indices), S, S) in [0, 1].
 
     One forward and one backward pass over the image repeated once per class.
     """
-    check_feature_maps(loaded.model)
-    size = loaded.preprocessing.image_size
-    inputs = images_to_model_input([image], loaded.preprocessing).expand(len(class_indices), -1, -1, -1)
-    model = loaded.model.eval()
-    with loaded.lock, torch.enable_grad(), GradCAM(model, target_layer=cam_layer(model, size)) as extractor:
+    inputs = inputs.expand(len(class_indices), -1, -1, -1)
+    model = model.eval()
+    with torch.enable_grad(), GradCAM(model, target_layer=cam_layer(model, size)) as extractor:
         scores = model(inputs.contiguous())
         maps = extractor(class_idx=list(class_indices), scores=scores)[0]
     maps = F.interpolate(maps.unsqueeze(1).float(), size=(size, size), mode="bilinear", align_corners=False)
     return maps.squeeze(1).clamp(0, 1)
 
 
-def heatmap_overlays(loaded: LoadedModel, image: Image.Image, class_names: list[str]) -> list[Image.Image]:
-    """The centre square of the image as the model sees it, shown large, with each class's heatmap over it."""
-    unknown = [name for name in class_names if name not in loaded.label_names]
-    if unknown:
-        raise ValueError(f"unknown class {unknown[0]!r}; the model's classes are {', '.join(loaded.label_names)}")
-    maps = class_activation_maps(loaded, image, [loaded.label_names.index(name) for name in class_names])
+def heatmap_overlays(image: Image.Image, maps: torch.Tensor) -> list[Image.Image]:
+    """The centre square of the image as the model sees it, shown large, with each map (S, S) over it."""
     square = Image.fromarray(image_tensor(image, DISPLAY_SIZE)[0].permute(1, 2, 0).numpy())
     if square.width < DISPLAY_SIZE:  # small images (CIFAR's 32 px) shown enlarged, pixels kept sharp
         square = square.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST)
@@ -86,6 +82,7 @@ def stage_picks(model: torch.nn.Module) -> list[tuple[str, str]]:
 def strongest_feature_maps(model: torch.nn.Module, inputs: torch.Tensor,
                            channels: int = FEATURE_CHANNELS) -> list[tuple[str, torch.Tensor, list[int]]]:
     """Per picked stage: its label, the maps of its most active channels (k, h, w) and their channel numbers."""
+    check_feature_maps(model)
     modules = dict(model.named_modules())
     outputs: dict[str, torch.Tensor] = {}
     picks = stage_picks(model)
@@ -105,39 +102,36 @@ def strongest_feature_maps(model: torch.nn.Module, inputs: torch.Tensor,
     return results
 
 
-def pretrained_backbone(loaded: LoadedModel, pretrained_file: str | None = None) -> tuple[torch.nn.Module | None, str]:
-    """The ImageNet model the served one started from, with a sentence saying which (or why there is none).
+def pretrained_backbone(metrics: dict, model: torch.nn.Module, class_count: int, pretrained_file: str | None = None
+                        ) -> tuple[torch.nn.Module | None, str]:
+    """The ImageNet model a served one started from, with a sentence saying which (or why there is none).
 
     Its architecture is the served model's own (config.json); its weights come from pretrained_file (the operator's
-    local copy) or else from the timm Hub repo of the base model the folder names. No path or model name written in
-    the folder's metrics is ever opened.
+    local copy) or else from the timm Hub repo of the base model the folder's metrics name. No path or model name
+    written in the folder's metrics is ever opened.
     """
-    strategy = strategy_named(loaded.metrics.get("settings", {}).get("strategy"))
+    strategy = strategy_named(metrics.get("settings", {}).get("strategy"))
     if strategy is None or not strategy.pretrained:
         return None, "This model was trained from scratch (or its folder does not say from what): no pretrained backbone."
-    architecture = loaded.model.pretrained_cfg.get("architecture", "")
-    base_model = metrics_schema.base_model(loaded.metrics)
+    architecture = model.pretrained_cfg.get("architecture", "")
+    base_model = metrics_schema.base_model(metrics)
     name = (base_model.removeprefix("timm/") if base_model is not None
             and base_model.startswith(f"timm/{architecture}.") else architecture)
     try:
-        model = create_model(name, len(loaded.label_names), pretrained=True, pretrained_file=pretrained_file)
+        backbone = create_model(name, class_count, pretrained=True, pretrained_file=pretrained_file)
     except Exception as error:  # offline, gated, unknown tag: the feature maps of this model are still shown
         logging.getLogger("tl_space.explain").warning("no pretrained backbone for %s: %s", name, error)
         return None, f"The pretrained backbone {code(name)} could not be loaded here."
     source = Path(pretrained_file).name if pretrained_file else name
-    return model.eval(), f"Left: this model. Right: the pretrained backbone it started from ({code(source)})."
+    return backbone.eval(), f"Left: this model. Right: the pretrained backbone it started from ({code(source)})."
 
 
-def feature_map_figure(image: Image.Image, models: dict[str, torch.nn.Module], loaded: LoadedModel) -> Image.Image:
-    """A grid: one row per stage (early, middle, last), the strongest channels of each model side by side."""
-    for model in models.values():
-        check_feature_maps(model)
-    inputs = images_to_model_input([image], loaded.preprocessing)
-    with loaded.lock:  # hooks on the shared model
-        by_model = {title: strongest_feature_maps(model, inputs) for title, model in models.items()}
+def feature_map_figure(by_model: dict[str, list[tuple[str, torch.Tensor, list[int]]]]) -> Image.Image:
+    """A grid: one row per stage (early, middle, last), the strongest channels of each model (strongest_feature_maps)
+    side by side."""
     stages = len(next(iter(by_model.values())))
-    figure = new_figure(1.3 * FEATURE_CHANNELS * len(models), 1.55 * stages + 0.4)
-    grid = figure.subplots(stages, FEATURE_CHANNELS * len(models), squeeze=False)
+    figure = new_figure(1.3 * FEATURE_CHANNELS * len(by_model), 1.55 * stages + 0.4)
+    grid = figure.subplots(stages, FEATURE_CHANNELS * len(by_model), squeeze=False)
     for column_offset, (title, stage_maps) in enumerate(by_model.items()):
         for row, (label, maps, channels) in enumerate(stage_maps):
             for position in range(FEATURE_CHANNELS):

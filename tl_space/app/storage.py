@@ -116,3 +116,20 @@ def _remove_on_sigterm(store: Storage) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def png_copies(images: list) -> list[str]:
+    """Each image (PIL) written once as a PNG into the app's storage (inside Gradio's cache, so served from there,
+    never copied), removed at exit.
+
+    Given PIL images, Gradio would re-encode and rewrite the same cache file in place on every request, and a visitor
+    fetching it meanwhile could get it half-written (bench/bench_app_load.py saw one such answer in 640 mixed
+    requests).
+    """
+    folder = storage().public_folder()
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"{index:03d}.png"
+        image.save(path, format="PNG")
+        paths.append(str(path))
+    return paths

@@ -4,8 +4,8 @@ at the class means and refined by logistic regression, cross-validated, and give
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
+import csv
+import logging
 import re
 import shutil
 import tempfile
@@ -18,30 +18,31 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import HfApi
 from PIL import Image
-from torch import nn
 
 from tl_space import hub
-from tl_space.app import storage as storage_module
 from tl_space import model as model_module
+from tl_space.app import storage as storage_module
+from tl_space.app.served import ServedModel
 from tl_space.errors import UserError
 from tl_space.folder import metrics as metrics_schema
-from tl_space.folder.metrics import metrics_record
-from tl_space.folder.read import LoadedModel
-from tl_space.folder.write import write_model_folder
+from tl_space.folder.write import write_head_folder
 from tl_space.images import image_tensor
-from tl_space.settings import TrainSettings
-from tl_space.training.calibration import calibration_report
+from tl_space.settings import ProbeSolver
+from tl_space.training.calibration import calibration_report, cross_fitted_report
 from tl_space.training.evaluation import classification_metrics, misclassified_records
-from tl_space.transforms import images_to_model_input
 
 MIN_CLASSES, MAX_CLASSES = 2, 10
 MAX_PER_CLASS = 50
 MAX_NAME_LENGTH = 50
 MAX_TEACH_IMAGES = 500
 MAX_FOLDS = 10
-FEATURE_BATCH = 32
 L2 = 1e-3  # on the head's weights, against a mean cross-entropy: the features are few, the classes fewer
 LBFGS_STEPS = 20
+MAX_SHOWN_MISTAKES = 16  # of the taught folder's misclassified/
+MAX_CLASSIFY_MANY = 200  # images of one /classify_many request
+MANY_BATCH_SIZE = 8  # images decoded and classified together by /classify_many
+MANY_HEADERS = ["file", "top 1", "top 2", "top 3", "top-1 probability"]
+logger = logging.getLogger("tl_space.app")
 
 
 @dataclass
@@ -61,24 +62,68 @@ class TaughtModel:
         return self.archive.parent
 
 
+def class_name_of_row(row: int, value: object) -> str:
+    """A Teach row's class name, its spaces collapsed; a UserError when it is blank or too long."""
+    name = " ".join(str(value or "").split())
+    if not name:
+        raise UserError(f"Name class {row + 1}.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UserError(f"Class {row + 1}'s name is longer than {MAX_NAME_LENGTH} characters.")
+    return name
+
+
+def files_by_class(names_and_paths: list[tuple[str, str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """/teach's files (file name, path) grouped by the class their names start with (cat_01.png: cat), at most
+    MAX_PER_CLASS each; a line naming each file left out and why."""
+    grouped: dict[str, list[str]] = {}
+    skipped: list[str] = []
+    for name, path in names_and_paths:
+        try:
+            members = grouped.setdefault(class_of(name), [])
+        except ValueError as error:
+            skipped.append(f"{name}: {error}")
+            continue
+        if len(members) >= MAX_PER_CLASS:
+            skipped.append(f"{name}: its class already has {MAX_PER_CLASS} images, the most taught")
+            continue
+        members.append(path)
+    return grouped, skipped
+
+
+def sample_images(sample, class_name: str, wanted: object, room: int, taught_name: str
+                  ) -> tuple[list[Image.Image], list[str]]:
+    """Up to `wanted` test-sample images of class_name (a TestSample's), within the room left in a taught class; a
+    line saying what did not fit."""
+    if sample is None or class_name not in sample.class_names or not wanted:
+        return [], []
+    members = torch.nonzero(sample.labels == sample.class_names.index(class_name)).flatten()
+    wanted = min(max(0, int(wanted)), len(members))
+    skipped = []
+    if wanted > room:
+        skipped.append(f"{taught_name}: {wanted - room} of the {wanted} CIFAR-10 images asked for, past the "
+                       f"{MAX_PER_CLASS} a class is taught")
+    return [sample.image(index) for index in members[:max(0, min(wanted, room))].tolist()], skipped
+
+
+def predictions_table(predictions: list, skipped: list[str]) -> tuple[list[list], Path]:
+    """/classify_many's rows (the least sure first, then each file left out) and the same as a CSV in storage."""
+    rows = [[prediction.name, *[f"{label} ({probability:.1%})" for label, probability in prediction.ranked],
+             prediction.confidence] for prediction in sorted(predictions, key=lambda found: found.confidence)]
+    rows += [[line, "", "", "", None] for line in skipped]
+    store = storage_module.storage()
+    entry = store.new_entry("table-")
+    with open(entry / "predictions.csv", "w", newline="") as file:
+        csv.writer(file).writerows([MANY_HEADERS, *rows])
+    store.add(entry)
+    return rows, entry / "predictions.csv"
+
+
 def class_of(file_name: str) -> str:
     """The class a /teach file names: its name up to the first underscore (cat_01.png: cat)."""
     stem = Path(file_name).name.split("_", 1)[0].split(".", 1)[0].strip()
     if not stem or len(stem) > MAX_NAME_LENGTH:
         raise ValueError("its name does not start with a class name and an underscore, e.g. cat_01.png")
     return stem
-
-
-@torch.inference_mode()
-def backbone_features(loaded: LoadedModel, images: list[Image.Image], progress=lambda fraction: None) -> torch.Tensor:
-    """The served model's pooled features of each image, with its own preprocessing, under its lock."""
-    features = []
-    for start in range(0, len(images), FEATURE_BATCH):
-        batch = images_to_model_input(images[start:start + FEATURE_BATCH], loaded.preprocessing)
-        with loaded.lock:
-            features.append(model_module.pooled_features(loaded.model, batch))
-        progress(min(1.0, (start + FEATURE_BATCH) / len(images)))
-    return torch.cat(features).float()
 
 
 def class_means_head(features: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,10 +140,10 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, classes: int,
 
 
 def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes: int
-                           ) -> tuple[torch.Tensor, torch.Tensor, int]:
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image's logits from a head fitted without it: up to MAX_FOLDS folds dealt round-robin within each class
     (every class needs 2 images, so that each fold leaves one of it to fit on). Returns the logistic-regression
-    logits, the class-mean logits, and the number of folds that held images out."""
+    logits, the class-mean logits, and each image's fold."""
     folds = min(MAX_FOLDS, int(torch.bincount(labels).max()))
     fold_of = torch.empty_like(labels)
     for class_index in range(classes):
@@ -111,7 +156,7 @@ def cross_validated_logits(features: torch.Tensor, labels: torch.Tensor, classes
         weight, bias = fit_head(features[kept], labels[kept], classes, start)
         fitted[held] = features[held] @ weight.T + bias
         means[held] = F.normalize(features[held], dim=1) @ F.normalize(start[0], dim=1).T
-    return fitted, means, folds
+    return fitted, means, fold_of
 
 
 @contextlib.contextmanager
@@ -135,7 +180,7 @@ def can_cross_validate(counts: list[int]) -> str | None:
             "accuracy shown is on the taught images themselves")
 
 
-def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: list[str],
+def teach(served: ServedModel, examples: dict[str, list[Image.Image]], skipped: list[str],
           progress=lambda fraction, text: None, store: storage_module.Storage | None = None) -> TaughtModel:
     """Fit a head for the visitor's classes on the served backbone; cross-validate and calibrate it where the images
     allow (the summary says why not otherwise); write its model folder as a zip into store (the app's storage)."""
@@ -156,7 +201,7 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
     labels = torch.tensor([index for index, name in enumerate(names) for _ in examples[name]])
     counts = torch.bincount(labels, minlength=len(names)).tolist()
     # A copy made outside inference mode: the head's fit needs autograd.
-    features = backbone_features(loaded, images, lambda fraction: progress(0.8 * fraction, "features")).clone()
+    features = served.features(images, lambda fraction: progress(0.8 * fraction, "features")).clone()
     progress(0.8, "fitting the head")
     not_cross_validated = can_cross_validate(counts)
     with one_thread():
@@ -165,13 +210,13 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
         if not_cross_validated:
             fitted, means, folds = own_logits, None, 0
         else:
-            fitted, means, folds = cross_validated_logits(features, labels, len(names))
+            fitted, means, fold_of = cross_validated_logits(features, labels, len(names))
+            folds = len(fold_of.unique())
     if not_cross_validated:
         report = calibration_report(fitted[:0], labels[:0], fitted, labels)
         report["skipped"] = "not calibrated (temperature 1): no held-out predictions to fit a temperature on"
     else:
-        report = calibration_report(fitted, labels, fitted, labels)
-        report["fitted_on"] = "cross-validated predictions"
+        report = cross_fitted_report(fitted, labels, fold_of)
     test = classification_metrics(fitted, labels, names)
     summary = {"classes": names, "images_per_class": dict(zip(names, counts)),
                "cross_validated_accuracy": None if not_cross_validated else accuracy(fitted, labels),
@@ -184,7 +229,7 @@ def teach(loaded: LoadedModel, examples: dict[str, list[Image.Image]], skipped: 
     store = store or storage_module.storage()
     entry = store.new_entry("taught-")
     try:
-        folder = _write_folder(loaded, names, weight, bias, fitted, labels, images, report, test, summary,
+        folder = _write_folder(served, names, weight, bias, fitted, labels, images, report, test, summary,
                                entry / "taught-model")
         archive = Path(shutil.make_archive(str(folder), "zip", folder.parent, folder.name))
         shutil.rmtree(folder)  # the zip is the one copy kept
@@ -200,85 +245,38 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).double().mean())
 
 
-def taught_network(loaded: LoadedModel, taught_weight: torch.Tensor, taught_bias: torch.Tensor) -> nn.Module:
-    """A copy of the served model whose head is the taught one."""
-    with loaded.lock:
-        network = copy.deepcopy(loaded.model)
-    network.reset_classifier(len(taught_bias))
-    head = network.get_classifier()
-    if not isinstance(head, nn.Linear):
-        raise UserError("This model's head is not linear: it cannot be taught new classes here.")
-    with torch.no_grad():
-        head.weight.copy_(taught_weight)
-        head.bias.copy_(taught_bias)
-    return network.eval()
-
-
-def _write_folder(loaded: LoadedModel, names: list[str], weight: torch.Tensor, bias: torch.Tensor,
+def _write_folder(served: ServedModel, names: list[str], weight: torch.Tensor, bias: torch.Tensor,
                   fitted: torch.Tensor, labels: torch.Tensor, images: list[Image.Image], report: dict, test: dict,
                   summary: dict, folder: Path) -> Path:
     """The taught model as a complete model folder at folder, its test section (test) from the cross-validated
     predictions (fitted), or from the head's own predictions on the taught images where they were too few."""
-    network = taught_network(loaded, weight, bias)
-    architecture = network.pretrained_cfg.get("architecture", type(network).__name__)
-    settings = TrainSettings(dataset="images taught in the tl-space app", model=architecture, strategy="linear-probe",
-                             epochs=1, output_dir="taught",
-                             test_split="taught images" if summary["not_cross_validated"] else "cross-validation",
-                             max_misclassified=16,
-                             cache_dir="none").published()
-    test = {**test, "best_epoch": 0}
-    count = len(labels)
-    metrics = metrics_record(
-        history=[], stopped_by="no training", test=test, settings=settings,
-        model={"architecture": architecture, "base_model": metrics_schema.base_model(loaded.metrics),
-               "pretrained_file": None},
-        calibration=report, flip_tta=None, preprocessing=loaded.preprocessing.to_dict(),
-        data={"train_images": count, "val_images": count, "test_images": count,
-              "train_images_per_class": summary["images_per_class"], "class_names": names, "image_column": "image",
-              "label_column": "label"},
-        trainable_parameters=weight.numel() + bias.numel(),
-        total_parameters=sum(parameter.numel() for parameter in network.parameters()),
-        timing={"total_seconds": summary["seconds"], "data_seconds": summary["seconds"], "training_seconds": 0.0,
-                "evaluation_seconds": 0.0, "train_images_per_second": 0.0},
-        hardware={"device": "cpu", "processes": 1, "mixed_precision": "no", "gpu": None},
-    )
-    mistakes = misclassified_records(fitted / report["temperature"], labels, names, settings["max_misclassified"])
+    mistakes = misclassified_records(fitted / report["temperature"], labels, names, MAX_SHOWN_MISTAKES)
     shown = torch.cat([image_tensor(image, 96) if min(image.size) >= 96 else
                        image_tensor(image.resize((96, 96)), 96) for image in images])
-    write_model_folder(folder, network, names, loaded.preprocessing, metrics, mistakes, shown)
-    return folder
+    return write_head_folder(
+        folder, served.copy_with_head(weight, bias), names, served.preprocessing,
+        base_model=metrics_schema.base_model(served.metrics), solver=ProbeSolver.LBFGS.value, l2=L2,
+        evaluated_on="taught images" if summary["not_cross_validated"] else "cross-validation",
+        test={**test, "best_epoch": 0}, calibration=report, images_per_class=summary["images_per_class"],
+        seconds=summary["seconds"], mistakes=mistakes, shown_images=shown)
 
 
-@torch.inference_mode()
-def taught_batch_probabilities(loaded: LoadedModel, taught: TaughtModel, images: list[Image.Image]) -> torch.Tensor:
+def taught_batch_probabilities(served: ServedModel, taught: TaughtModel, images: list[Image.Image]) -> torch.Tensor:
     """(N, taught classes) calibrated probabilities of a batch of images."""
-    features = backbone_features(loaded, images)
+    features = served.features(images)
     return ((features @ taught.weight.T + taught.bias) / taught.temperature).softmax(dim=1)
 
 
-def taught_probabilities(loaded: LoadedModel, taught: TaughtModel, image: Image.Image) -> dict[str, float]:
+def taught_probabilities(served: ServedModel, taught: TaughtModel, image: Image.Image) -> dict[str, float]:
     """Calibrated probabilities of the taught classes for one image."""
-    return dict(zip(taught.class_names, taught_batch_probabilities(loaded, taught, [image])[0].tolist()))
+    return dict(zip(taught.class_names, taught_batch_probabilities(served, taught, [image])[0].tolist()))
 
 
-@contextlib.contextmanager
-def taught_head(loaded: LoadedModel, taught: TaughtModel) -> Iterator[LoadedModel]:
-    """The served model wearing the taught head (and its class names), for hooks such as Grad-CAM; under the model's
-    lock, so no other request sees it, and its own head back afterwards."""
-    classifier = loaded.model.get_classifier()
-    parent_name, _, attribute = next(name for name, module in loaded.model.named_modules()
-                                     if module is classifier).rpartition(".")
-    parent = loaded.model.get_submodule(parent_name) if parent_name else loaded.model
-    head = nn.Linear(taught.weight.shape[1], len(taught.class_names))
-    with torch.no_grad():
-        head.weight.copy_(taught.weight)
-        head.bias.copy_(taught.bias)
-    with loaded.lock:
-        setattr(parent, attribute, head)
-        try:
-            yield dataclasses.replace(loaded, label_names=taught.class_names)
-        finally:
-            setattr(parent, attribute, classifier)
+def taught_heatmaps(served: ServedModel, taught: TaughtModel, image: Image.Image, class_names: list[str]
+                    ) -> list[Image.Image]:
+    """Grad-CAM of taught classes: the served model wearing the taught head."""
+    with served.with_head(taught.weight, taught.bias, taught.class_names) as view:
+        return view.heatmaps(image, class_names)
 
 
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -307,8 +305,14 @@ def push_taught(archive: Path, repo_name: str, oauth_token: str | None, operator
         raise UserError("Pushing needs a Hugging Face token with write access: sign in, or run locally with "
                         "HF_TOKEN set.") from error
     repo_id = hub.check_push_access(f"{user}/{repo_name}", api)
-    with tempfile.TemporaryDirectory(dir=archive.parent) as unpacked:
-        shutil.unpack_archive(archive, unpacked, "zip")
-        hub.push_model_folder(Path(unpacked) / archive.stem, repo_id, api=api,
-                              commit_message="A model taught in the tl-space app")
+    try:
+        with tempfile.TemporaryDirectory(dir=archive.parent) as unpacked:
+            shutil.unpack_archive(archive, unpacked, "zip")
+            hub.push_model_folder(Path(unpacked) / archive.stem, repo_id, api=api,
+                                  commit_message="A model taught in the tl-space app")
+    except UserError:
+        raise
+    except Exception as error:  # the Hub's own errors: a sentence, never its text
+        logger.warning("push of a taught model failed: %s", type(error).__name__)
+        raise UserError("The push failed; try again later.") from error
     return repo_id

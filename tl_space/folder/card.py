@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from tl_space.folder.files import CARD_FILE
+from tl_space.folder.files import CARD_FILE, REPORT_PLOTS
 from tl_space.markdown import code, text
 from tl_space.folder.summary import PER_CLASS_HEADERS, per_class_rows, run_summary
 from tl_space.strategies import STRATEGIES, keeps_batchnorm_statistics
@@ -30,13 +30,9 @@ tl-space by transfer learning: **{{ strategy }}** of the timm model
 {% for row in per_class %}| {{ row[0] }} |{% for value in row[1:] %} {{ "-" if value is none else "%.2f" | format(value) }} |{% endfor %}
 {% endfor %}
 
-![Loss and accuracy per epoch](curves.png)
+{% for file, title in plots %}![{{ title }}]({{ file }})
 
-![Confusion matrix](confusion_matrix.png)
-
-![Reliability diagram](reliability.png)
-
-{% if misclassified_count %}The {{ misclassified_count }} most confident mistakes are in `misclassified/`, listed in `misclassified.json`.{% endif %}
+{% endfor %}{% if misclassified_count %}The {{ misclassified_count }} most confident mistakes are in `misclassified/`, listed in `misclassified.json`.{% endif %}
 
 ## Training
 
@@ -125,7 +121,7 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
         base_model=code(base_model) if base_model else None,
         summary=run_summary(metrics, code, text),
         per_class=[[text(name), *values] for name, *values in per_class_rows(test)], per_class_headers=PER_CLASS_HEADERS,
-        misclassified_count=len(misclassified), epochs_run=len(metrics["history"]),
+        misclassified_count=len(misclassified), plots=list(REPORT_PLOTS.items()), epochs_run=len(metrics["history"]),
         image_size=preprocessing["image_size"], interpolation=preprocessing["interpolation"],
         mean=preprocessing["mean"], std=preprocessing["std"],
         train_images=metrics["data"]["train_images"], val_images=metrics["data"]["val_images"],

@@ -22,20 +22,28 @@ MISCLASSIFIED_DIR = "misclassified"
 CARD_FILE = "README.md"
 CHECKPOINT_DIR = "checkpoint"
 LOGS_DIR = "logs"  # the trackers' files (--report-to): TensorBoard's event files, where the Hub's tab finds them
-REPORT_PLOTS = {"curves.png": "Loss and accuracy per epoch", "confusion_matrix.png": "Confusion matrix",
-                "reliability.png": "Reliability: accuracy vs confidence, before and after calibration"}
+CURVES_PLOT, CONFUSION_PLOT, RELIABILITY_PLOT = "curves.png", "confusion_matrix.png", "reliability.png"
+REPORT_PLOTS = {CURVES_PLOT: "Loss and accuracy per epoch", CONFUSION_PLOT: "Confusion matrix",
+                RELIABILITY_PLOT: "Reliability: accuracy vs confidence, before and after calibration"}
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
-STUDY_PLOTS = {"accuracy_vs_shots.png": "Test accuracy vs training images per class",
-               "accuracy_vs_epoch.png": "Validation accuracy per epoch, each strategy, each shot size",
-               "accuracy_vs_time.png": "Accuracy vs wall time"}
+SHOTS_PLOT, EPOCH_PLOT, TIME_PLOT = "accuracy_vs_shots.png", "accuracy_vs_epoch.png", "accuracy_vs_time.png"
+STUDY_PLOTS = {SHOTS_PLOT: "Test accuracy vs training images per class",
+               EPOCH_PLOT: "Validation accuracy per epoch, each strategy, each shot size",
+               TIME_PLOT: "Accuracy vs wall time"}
 # A study folder without its runs: what the app fetches of a study repo besides the run it serves.
 STUDY_FILES = [STUDY_FILE, CARD_FILE, *STUDY_PLOTS]
 
 # An unfinished (or killed, then finished elsewhere) run's resume state is not part of what is published.
 NOT_PUSHED = [f"{CHECKPOINT_DIR}/*", f"{CHECKPOINT_DIR}.*/*", f"*/{CHECKPOINT_DIR}/*", f"*/{CHECKPOINT_DIR}.*/*",
               f".{CHECKPOINT_DIR}.*/*", f"*/.{CHECKPOINT_DIR}.*/*"]
+
+
+def display_name(source: str) -> str:
+    """How a model or study is named to visitors: a Hub id as given, a local folder by its name only."""
+    path = Path(source).expanduser()
+    return path.name if path.is_dir() else source
 
 
 def is_model_folder(names: set[str]) -> bool:

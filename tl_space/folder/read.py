@@ -1,4 +1,4 @@
-"""Reading a model folder for the app: someone else's files, each checked before anything of it is served.
+"""Reading a model folder: someone else's files, each checked before anything of it is served.
 
 Weights only from safetensors, config.json built by timm, metrics.json checked against its schema, and only the
 folder's own PNGs (mistakes, plots), decoded: the app never hands a path inside the folder to a visitor.
@@ -7,7 +7,6 @@ folder's own PNGs (mistakes, plots), decoded: the app never hands a path inside 
 from __future__ import annotations
 
 import logging
-import threading
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -19,44 +18,27 @@ from torch import nn
 
 from tl_space import scratch_net, speedrun_net  # noqa: F401  (register tl_scratch_cnn, tl_speedrun_cnn in timm)
 from tl_space.errors import UserError
-from tl_space.folder import metrics as metrics_schema
 from tl_space.folder.fields import check_served_fields
-from tl_space.folder.files import (CONFIG_FILE, METRICS_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE, PICKLED_WEIGHTS,
-                                   REPORT_PLOTS, STUDY_FILE, WEIGHTS_FILE, read_json)
-from tl_space.hub import display_name, resolve_folder
+from tl_space.folder.files import (CONFIG_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE, PICKLED_WEIGHTS, REPORT_PLOTS,
+                                   STUDY_FILE, WEIGHTS_FILE, read_json)
+from tl_space.folder.metrics import read_metrics
+from tl_space.folder.study import served_run
 from tl_space.images import open_image
 from tl_space.transforms import Preprocessing, preprocessing_for
 
-@dataclass
-class LoadedModel:
-    """What the app needs from a model folder: the model (eval, CPU), and what of the folder is checked and public.
 
-    Every request that runs the model holds `lock`: Grad-CAM and feature maps hook the one shared model.
-    """
+@dataclass
+class ModelFolder:
+    """What a model folder holds, checked: the model (eval, CPU), and what of the folder is public."""
 
     model: nn.Module
     label_names: list[str]
     preprocessing: Preprocessing
-    metrics: dict
+    metrics: dict  # read_metrics': upgraded and checked
     misclassified: list[dict]  # records that passed check_mistakes, each with its image in mistake_images
     folder: Path
-    source: str
-    study_folder: Path | None = None  # a study (study.json and its plots) to show beside the model
     mistake_images: list[Image.Image] = field(default_factory=list)
     plots: dict[str, Image.Image] = field(default_factory=dict)  # file name -> decoded PNG
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-
-    @property
-    def name(self) -> str:
-        return display_name(self.source)
-
-    @property
-    def temperature(self) -> float:
-        return metrics_schema.temperature(self.metrics)
-
-    @property
-    def flip_tta(self) -> bool:
-        return metrics_schema.flip_tta_enabled(self.metrics)
 
 
 # The app shows a gallery, not a data set: records past this many are not read.
@@ -175,34 +157,31 @@ def public_plots(folder: Path, files: typing.Iterable[str], name: str) -> dict[s
     return plots
 
 
-def load_model_folder(source: str, study_source: str | None = None) -> LoadedModel:
-    """The trained classifier and its folder's checked metrics, mistakes and plots, from a Hub id or a local folder.
+def study_best_run(folder: Path, name: str) -> Path:
+    """The run folder a study folder serves (its best_run), checked to be one of its own folders."""
+    best_run = served_run(folder)
+    if best_run is None:
+        raise UserError(f"the study {name!r} has no finished run to serve yet")
+    if not (folder / best_run).is_dir() or not _inside(folder / best_run, folder):
+        raise UserError(f"the study {name!r} names a best_run that is not one of its run folders")
+    return folder / best_run
 
-    A study folder (or repo) serves its best run and shows the study; study_source adds a study to any model.
-    Anything in the folder that cannot be served raises a UserError that names no server path.
-    """
-    name = display_name(source)
-    folder = resolve_folder(source)
-    study_folder = resolve_folder(study_source, "study") if study_source else None
-    if not (folder / CONFIG_FILE).is_file() and (folder / STUDY_FILE).is_file():
-        study_folder = study_folder or folder
-        best_run = read_json(folder / STUDY_FILE, {}, name).get("best_run")
-        if not best_run:
-            raise UserError(f"the study {name!r} has no finished run to serve yet")
-        if not isinstance(best_run, str) or not (folder / best_run).is_dir() or not _inside(folder / best_run, folder):
-            raise UserError(f"the study {name!r} names a best_run that is not one of its run folders")
-        folder = folder / best_run
+
+def is_study_folder(folder: Path) -> bool:
+    return not (folder / CONFIG_FILE).is_file() and (folder / STUDY_FILE).is_file()
+
+
+def read_model_folder(folder: Path, name: str) -> ModelFolder:
+    """The trained classifier of a local folder and its checked metrics, mistakes and plots; anything that cannot
+    be served raises a UserError that names no server path (the folder by name only)."""
     if not (folder / CONFIG_FILE).is_file():
         raise UserError(f"model {name!r} has no config.json: not a timm model folder written by train.py")
-    if study_folder is not None and not (study_folder / STUDY_FILE).is_file():
-        raise UserError(f"study {display_name(study_source)!r} has no {STUDY_FILE}: not a folder written by "
-                        "tl_space.study")
     model = load_model(folder, name)
     label_names = label_names_of(model, name)
-    metrics = metrics_schema.check_metrics(read_json(folder / METRICS_FILE, {}, name), name)
+    metrics = read_metrics(folder, name)
     check_served_fields(model.pretrained_cfg, metrics, name)
     preprocessing = preprocessing_for(timm.data.resolve_model_data_config(model))
     misclassified, mistake_images = check_mistakes(folder, read_json(folder / MISCLASSIFIED_FILE, [], name),
                                                    label_names, name)
-    return LoadedModel(model, label_names, preprocessing, metrics, misclassified, folder, source, study_folder,
-                       mistake_images, public_plots(folder, REPORT_PLOTS, name))
+    return ModelFolder(model, label_names, preprocessing, metrics, misclassified, folder, mistake_images,
+                       public_plots(folder, REPORT_PLOTS, name))

@@ -1,19 +1,95 @@
-"""study.json: a study's settings, one row per finished run, its summary and findings; written whole, checked when read."""
+"""study.json: a study's settings, one row per finished run, its summary, findings and best run; the format's only
+writer and reader, written whole, checked (and upgraded) when read."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from tl_space import atomic
 from tl_space.folder.files import STUDY_FILE
+from tl_space.folder.metrics import StoppedBy, stopped_by as stopped_by_of
 from tl_space.strategies import strategy_named
 
+# 2: format_version itself and StudyRow's fields; a study.json without it (version 1) has the same rows.
+FORMAT_VERSION = 2
+ALL_SHOTS = "all"
+Shots = int | Literal["all"]  # training images per class, or every training image
 
-def write_study_record(folder: Path, record: dict) -> Path:
-    """study.json, replaced whole: a reader (the app, a push) sees the old record or the new one, never half."""
-    return atomic.write_text(Path(folder) / STUDY_FILE, json.dumps(record, indent=2))
+
+def shots_order(shots: Shots) -> float:
+    """Sorts shot sizes smallest first, all last."""
+    return float("inf") if shots == ALL_SHOTS else float(shots)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One finished run of a study, as study.json lists it."""
+
+    run: str  # its folder, relative to the study folder
+    strategy: str
+    shots: Shots
+    seed: int
+    model: str
+    image_size: int
+    stopped_by: str
+    budget_bound: bool  # still climbing when its budget ended: its best epoch was its last, patience did not stop it
+    train_images: int
+    images_per_class: float
+    test_accuracy: float
+    best_epoch: int
+    best_stage: str | None
+    epochs: int
+    wall_seconds: float
+    training_seconds: float
+    trainable_parameters: int
+    curve: list[dict]  # per epoch: epoch, val_accuracy, seconds of training so far
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def study_row(run: str, strategy: str, shots: Shots, seed: int, metrics: dict) -> StudyRow:
+    """The row of a finished run, from its metrics.json (as read_metrics gives it)."""
+    elapsed, curve = 0.0, []
+    history = metrics["history"]
+    for entry in history:
+        elapsed += entry["seconds"]
+        curve.append({"epoch": entry["epoch"], "val_accuracy": entry["val_accuracy"], "seconds": round(elapsed, 2)})
+    data, best_epoch = metrics["data"], metrics["test"]["best_epoch"]
+    stopped = stopped_by_of(metrics)
+    return StudyRow(
+        run=run, strategy=strategy, shots=shots, seed=seed, model=metrics["settings"]["model"],
+        image_size=metrics["preprocessing"]["image_size"], stopped_by=str(metrics.get("stopped_by")),
+        budget_bound=bool(history) and stopped in (StoppedBy.EPOCHS, StoppedBy.TIME_BUDGET)
+        and best_epoch == history[-1]["epoch"],
+        train_images=data["train_images"], images_per_class=data["train_images"] / len(data["class_names"]),
+        test_accuracy=metrics["test"]["accuracy"], best_epoch=best_epoch,
+        best_stage=next((entry["stage"] for entry in history if entry["epoch"] == best_epoch), None),
+        epochs=len(history), wall_seconds=round(metrics["timing"]["total_seconds"], 2),
+        training_seconds=round(metrics["timing"]["training_seconds"], 2),
+        trainable_parameters=metrics["trainable_parameters"], curve=curve)
+
+
+def best_run(rows: list[dict]) -> str:
+    """The run a study serves as its model: the most accurate at the largest shot size."""
+    largest = max((row["shots"] for row in rows), key=shots_order)
+    return max((row for row in rows if row["shots"] == largest), key=lambda row: row["test_accuracy"])["run"]
+
+
+def write_study(folder: Path, study: dict, training: dict, planned_runs: int, rows: list[StudyRow],
+                skipped: list[str], summary: list[dict], findings: list[str]) -> dict:
+    """study.json, replaced whole (a reader, the app or a push, sees the old record or the new one, never half);
+    returns the record written."""
+    row_values = [row.to_json() for row in rows]
+    record = {"format_version": FORMAT_VERSION, "study": study, "training": training, "planned_runs": planned_runs,
+              "rows": row_values, "skipped": skipped, "summary": summary, "findings": findings,
+              "best_run": best_run(row_values) if row_values else None}
+    atomic.write_text(Path(folder) / STUDY_FILE, json.dumps(record, indent=2))
+    return record
 
 
 ROW_FIELDS = {"run": str, "test_accuracy": (int, float), "images_per_class": (int, float), "wall_seconds": (int, float),
@@ -23,9 +99,14 @@ ROW_FIELDS = {"run": str, "test_accuracy": (int, float), "images_per_class": (in
 def _valid_row(row: object) -> bool:
     """A row the Study tab can show: a known strategy, a shot count, and every field it reads of the right type."""
     return (isinstance(row, dict) and strategy_named(row.get("strategy")) is not None
-            and (row.get("shots") == "all" or (isinstance(row.get("shots"), int) and row["shots"] > 0))
+            and (row.get("shots") == ALL_SHOTS or (isinstance(row.get("shots"), int) and row["shots"] > 0))
             and all(isinstance(row.get(key), kinds) and not isinstance(row.get(key), bool)
                     for key, kinds in ROW_FIELDS.items()))
+
+
+def upgrade_study(study: dict) -> dict:
+    """The one compatibility shim: version 1 (no format_version) has version 2's fields."""
+    return {**study, "format_version": FORMAT_VERSION}
 
 
 def load_study(folder: Path | None) -> dict | None:
@@ -43,7 +124,16 @@ def load_study(folder: Path | None) -> dict | None:
     except (OSError, UnicodeDecodeError, ValueError) as error:
         log.warning("not showing the study: %s is unreadable (%s)", STUDY_FILE, error)
         return None
+    study = upgrade_study(study)
     rows = [row for row in study["rows"] if _valid_row(row)]
     if len(rows) < len(study["rows"]):
         log.warning("skipped %d malformed rows of %s", len(study["rows"]) - len(rows), STUDY_FILE)
     return {**study, "rows": rows}
+
+
+def served_run(folder: Path) -> str | None:
+    """The best_run a study folder names (a relative folder name, not yet checked to exist); None when its study.json
+    is missing, unreadable or names none."""
+    study = load_study(folder)
+    value = None if study is None else study.get("best_run")
+    return value if isinstance(value, str) and value else None

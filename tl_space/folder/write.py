@@ -15,8 +15,11 @@ from torch import nn
 
 from tl_space import atomic
 from tl_space.folder.card import write_model_card
-from tl_space.folder.files import LOGS_DIR, METRICS_FILE, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE
+from tl_space.folder.files import (CONFUSION_PLOT, CURVES_PLOT, LOGS_DIR, MISCLASSIFIED_DIR, MISCLASSIFIED_FILE,
+                                   RELIABILITY_PLOT, REPORT_PLOTS)
+from tl_space.folder.metrics import MetricsRecord, StoppedBy, write_metrics
 from tl_space.folder.plots import plot_confusion_matrix, plot_curves, plot_reliability
+from tl_space.strategies import LINEAR_PROBE
 from tl_space.transforms import Preprocessing
 
 
@@ -48,8 +51,18 @@ def save_model(folder: Path, model: nn.Module, class_names: list[str], preproces
                 data_config=data_config)
 
 
+# Each of REPORT_PLOTS (named in folder/files.py), drawn from metrics.json's content.
+REPORT_PLOT_WRITERS = {
+    CURVES_PLOT: lambda metrics, path: plot_curves(metrics["history"], path),
+    CONFUSION_PLOT: lambda metrics, path: plot_confusion_matrix(
+        metrics["test"]["confusion_matrix"], metrics["data"]["class_names"], path),
+    RELIABILITY_PLOT: lambda metrics, path: plot_reliability(metrics["calibration"], path),
+}
+assert set(REPORT_PLOT_WRITERS) == set(REPORT_PLOTS)
+
+
 def write_model_folder(output_dir: Path, model: nn.Module, class_names: list[str], preprocessing: Preprocessing,
-                       metrics: dict, mistakes: list[dict], test_images: torch.Tensor) -> Path:
+                       metrics: MetricsRecord, mistakes: list[dict], test_images: torch.Tensor) -> Path:
     """Write the whole folder beside output_dir, then swap it in, so no reader sees a half-written model."""
     output_dir = output_dir.resolve()
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -58,12 +71,12 @@ def write_model_folder(output_dir: Path, model: nn.Module, class_names: list[str
     staging.mkdir()
     try:
         save_model(staging, model, class_names, preprocessing)
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        write_metrics(staging, metrics)
+        written = metrics.to_json()
         records = write_misclassified(staging, mistakes, test_images)
-        plot_curves(metrics["history"], staging / "curves.png")
-        plot_confusion_matrix(metrics["test"]["confusion_matrix"], class_names, staging / "confusion_matrix.png")
-        plot_reliability(metrics["calibration"], staging / "reliability.png")
-        write_model_card(staging, metrics, records)
+        for file, write_plot in REPORT_PLOT_WRITERS.items():
+            write_plot(written, staging / file)
+        write_model_card(staging, written, records)
         logs = output_dir / LOGS_DIR
         if logs.is_dir():  # moved, not copied: a tracker still writing follows its open files into the new folder
             logs.rename(staging / LOGS_DIR)
@@ -76,3 +89,33 @@ def write_model_folder(output_dir: Path, model: nn.Module, class_names: list[str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_head_folder(folder: Path, network: nn.Module, class_names: list[str], preprocessing: Preprocessing, *,
+                      base_model: str | None, solver: str, l2: float, evaluated_on: str, test: dict,
+                      calibration: dict, images_per_class: dict[str, int], seconds: float, mistakes: list[dict],
+                      shown_images: torch.Tensor) -> Path:
+    """A complete model folder for a linear head fitted on a frozen backbone's features outside train.py (the app's
+    Teach tab): its metrics say what was done (solver, L2, where it was scored), nothing a run of train.py would."""
+    architecture = network.pretrained_cfg.get("architecture", type(network).__name__)
+    count = sum(images_per_class.values())
+    head = network.get_classifier()
+    settings = {"strategy": LINEAR_PROBE, "probe_solver": solver, "dataset": "images taught in the tl-space app",
+                "model": architecture, "output_dir": folder.name, "train_split": "taught images",
+                "test_split": evaluated_on, "batch_size": f"all {count} (full batch)", "weight_decay": l2,
+                "batchnorm": "pretrained"}
+    metrics = MetricsRecord(
+        history=[], stopped_by=StoppedBy.NO_TRAINING, test=test, settings=settings,
+        model={"architecture": architecture, "base_model": base_model, "pretrained_file": None},
+        calibration=calibration, flip_tta=None, preprocessing=preprocessing.to_dict(),
+        data={"train_images": count, "val_images": count, "test_images": count,
+              "train_images_per_class": images_per_class, "class_names": class_names, "image_column": "image",
+              "label_column": "label", "validation_source": evaluated_on, "test_source": evaluated_on,
+              "carved_test_fraction": None},
+        trainable_parameters=sum(parameter.numel() for parameter in head.parameters()),
+        total_parameters=sum(parameter.numel() for parameter in network.parameters()),
+        timing={"total_seconds": seconds, "data_seconds": seconds, "training_seconds": 0.0,
+                "evaluation_seconds": 0.0, "train_images_per_second": 0.0},
+        hardware={"device": "cpu", "processes": 1, "mixed_precision": "no", "gpu": None},
+    )
+    return write_model_folder(folder, network, class_names, preprocessing, metrics, mistakes, shown_images)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import typing
 from pathlib import Path
 from typing import Callable
 
@@ -11,9 +12,9 @@ from matplotlib.ticker import MaxNLocator
 
 from tl_space import atomic
 from tl_space.figures import colour, new_figure, save_png
-from tl_space.folder.files import CARD_FILE, STUDY_PLOTS
-from tl_space.folder.study import write_study_record
-from tl_space.strategies import NAMES, strategy_named
+from tl_space.folder.files import CARD_FILE, EPOCH_PLOT, SHOTS_PLOT, STUDY_PLOTS, TIME_PLOT
+from tl_space.folder.study import ALL_SHOTS, StudyRow, shots_order, write_study
+from tl_space.strategies import NAMES, Strategy, strategy_named
 
 
 def _colour(strategy: str):
@@ -32,12 +33,13 @@ def _kept_probe(row: dict) -> bool:
                 and row["best_stage"] != strategy.image_stage)
 
 
-def _shots_order(shots: int | str) -> float:
-    return math.inf if shots == "all" else float(shots)
+def _strategy_is(entry: dict, predicate: typing.Callable[[Strategy], bool]) -> bool:
+    strategy = strategy_named(entry["strategy"])
+    return strategy is not None and predicate(strategy)
 
 
 def describe_shots(shots: int | str, images_per_class: float) -> str:
-    if shots == "all":
+    if shots == ALL_SHOTS:
         return f"all {images_per_class:,.0f} images per class"
     return f"{shots} image{'s' if shots != 1 else ''} per class"
 
@@ -63,7 +65,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "probe_kept_runs": sum(_kept_probe(row) for row in members),
         })
     strategy_rank = {name: index for index, name in enumerate(NAMES)}
-    return sorted(summary, key=lambda entry: (_shots_order(entry["shots"]), strategy_rank.get(entry["strategy"], 99)))
+    return sorted(summary, key=lambda entry: (shots_order(entry["shots"]), strategy_rank.get(entry["strategy"], 99)))
 
 
 def _within_spread(first: dict, second: dict) -> bool:
@@ -103,7 +105,7 @@ def findings(summary: list[dict]) -> list[str]:
     for shots, strategy in changes:
         entry = next(e for e in by_shots[shots] if e["strategy"] == strategy)
         sentences.append(f"{strategy} takes the lead from {describe_shots(shots, entry['images_per_class'])} on.")
-    sentences += _cost(by_shots[max(by_shots, key=_shots_order)])
+    sentences += _cost(by_shots[max(by_shots, key=shots_order)])
     bound = [entry for entry in summary if entry.get("budget_bound_runs")]
     if bound:
         sentences.append("Budget-bound, their validation accuracy still rising when the budget ended (more steps "
@@ -138,29 +140,30 @@ def _probe_first_gain(by_shots: dict) -> list[str]:
     and at the most images: the probe's head keeps the first steps from distorting the pretrained features."""
     gains = []
     for shots, entries in by_shots.items():
-        named = {entry["strategy"]: entry for entry in entries}
-        if "lp-ft" in named and "finetune" in named:
-            gains.append((shots, named["lp-ft"], (named["lp-ft"]["mean_test_accuracy"]
-                                                  - named["finetune"]["mean_test_accuracy"]) * 100,
-                          _within_spread(named["lp-ft"], named["finetune"])))
+        from_probe = next((entry for entry in entries if _strategy_is(entry, lambda s: s.fine_tunes_from_probe)), None)
+        fresh = next((entry for entry in entries if _strategy_is(
+            entry, lambda s: s.fine_tunes_everything and not s.probe_first)), None)
+        if from_probe and fresh:
+            gains.append((shots, from_probe, (from_probe["mean_test_accuracy"] - fresh["mean_test_accuracy"]) * 100,
+                          _within_spread(from_probe, fresh), fresh["strategy"]))
     if not gains:
         return []
 
-    def gain_text(shots, entry, gain, close) -> str:
+    def gain_text(shots, entry, gain, close, fresh_name) -> str:
         spread = " (within the spread over seeds)" if close else ""
         return f"{gain:+.1f} points with {describe_shots(shots, entry['images_per_class'])}{spread}"
-    sentence = "lp-ft against finetune: " + gain_text(*gains[0])
+    sentence = f"{gains[0][1]['strategy']} against {gains[0][4]}: " + gain_text(*gains[0])
     if len(gains) > 1:
         sentence += ", " + gain_text(*gains[-1])
     sentences = [sentence + "."]
-    for shots, entry, gain, _ in gains:
-        probe = next((e for e in by_shots[shots] if e["strategy"] == "linear-probe"), None)
+    for shots, entry, gain, _, fresh_name in gains:
+        probe = next((e for e in by_shots[shots] if _strategy_is(e, lambda s: s.fits_probe)), None)
         if entry.get("probe_kept_runs") and gain < 0:  # fine-tuning never beat the probe: lp-ft is the probe
-            probe_text = f" and scored as linear-probe did ({probe['mean_test_accuracy']:.1%})" if probe else ""
+            probe_text = f" and scored as {probe['strategy']} did ({probe['mean_test_accuracy']:.1%})" if probe else ""
             sentences.append(
-                f"With {describe_shots(shots, entry['images_per_class'])}, lp-ft kept its probe's model in "
+                f"With {describe_shots(shots, entry['images_per_class'])}, {entry['strategy']} kept its probe's model in "
                 f"{entry['probe_kept_runs']} of {entry['runs']} runs (no fine-tuning epoch raised validation "
-                f"accuracy): it kept the pretrained features unchanged{probe_text}, while finetune, whose features "
+                f"accuracy): it kept the pretrained features unchanged{probe_text}, while {fresh_name}, whose features "
                 "moved, did better.")
     return sentences
 
@@ -203,7 +206,7 @@ def plot_accuracy_vs_shots(summary: list[dict], rows: list[dict], path: Path) ->
 
 def plot_accuracy_vs_epoch(rows: list[dict], path: Path) -> Path:
     """Validation accuracy per epoch: one panel per shot size, one line per strategy (first seed)."""
-    shot_sizes = sorted({row["shots"] for row in rows}, key=_shots_order)
+    shot_sizes = sorted({row["shots"] for row in rows}, key=shots_order)
     columns = min(3, len(shot_sizes))
     lines = math.ceil(len(shot_sizes) / columns)
     figure = new_figure(4.2 * columns, 3.2 * lines)
@@ -231,7 +234,7 @@ def plot_accuracy_vs_epoch(rows: list[dict], path: Path) -> Path:
 
 def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
     """Left: validation accuracy vs training time at the largest shot size. Right: every run, test accuracy vs wall time."""
-    largest = max((row["shots"] for row in rows), key=_shots_order)
+    largest = max((row["shots"] for row in rows), key=shots_order)
     figure = new_figure(11, 4.2)
     curves, runs = figure.subplots(1, 2)
     shown = set()
@@ -263,7 +266,7 @@ def summary_table_markdown(summary: list[dict]) -> str:
     lines = ["| strategy | model (px) | images per class | runs | test accuracy | spread (min–max) | epochs | wall s | "
              "trainable parameters |", "|---|---|---|---|---|---|---|---|---|"]
     for entry in summary:
-        shots = "all" if entry["shots"] == "all" else entry["shots"]
+        shots = entry["shots"]
         lines.append(f"| {entry['strategy']} | {entry.get('model') or '?'} ({entry.get('image_size') or '?'}) | "
                      f"{shots} ({entry['images_per_class']:,.0f}) | {entry['runs']} | "
                      f"{entry['mean_test_accuracy']:.2%} | {entry['min_test_accuracy']:.1%}–{entry['max_test_accuracy']:.1%} "
@@ -271,22 +274,24 @@ def summary_table_markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_study_files(folder: Path, record: dict) -> None:
-    """study.json (with summary and findings added), the three plots and README.md, each replaced whole."""
+STUDY_PLOT_WRITERS = {  # each of STUDY_PLOTS (named in folder/files.py), from the summary and the rows
+    SHOTS_PLOT: plot_accuracy_vs_shots,
+    EPOCH_PLOT: lambda summary, rows, path: plot_accuracy_vs_epoch(rows, path),
+    TIME_PLOT: lambda summary, rows, path: plot_accuracy_vs_time(rows, path),
+}
+assert set(STUDY_PLOT_WRITERS) == set(STUDY_PLOTS)
+
+
+def write_study_files(folder: Path, study: dict, training: dict, planned_runs: int, rows: list[StudyRow],
+                      skipped: list[str]) -> None:
+    """study.json (with its summary and findings), the plots and README.md, each replaced whole."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summarize(record["rows"])
-    record = {**record, "summary": summary, "findings": findings(summary), "best_run": best_run(record["rows"])}
-    write_study_record(folder, record)
-    plot_accuracy_vs_shots(summary, record["rows"], folder / "accuracy_vs_shots.png")
-    plot_accuracy_vs_epoch(record["rows"], folder / "accuracy_vs_epoch.png")
-    plot_accuracy_vs_time(record["rows"], folder / "accuracy_vs_time.png")
+    row_values = [row.to_json() for row in rows]
+    summary = summarize(row_values)
+    record = write_study(folder, study, training, planned_runs, rows, skipped, summary, findings(summary))
+    for file, write_plot in STUDY_PLOT_WRITERS.items():
+        write_plot(summary, row_values, folder / file)
     atomic.write_text(folder / CARD_FILE, study_readme(record))
-
-
-def best_run(rows: list[dict]) -> str:
-    """The run the study serves as its model: the most accurate at the largest shot size."""
-    largest = max((row["shots"] for row in rows), key=_shots_order)
-    return max((row for row in rows if row["shots"] == largest), key=lambda row: row["test_accuracy"])["run"]
 
 
 def study_overview(study: dict, summary: list[dict], served_run: str,

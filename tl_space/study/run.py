@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,9 @@ from tqdm.auto import tqdm
 from tl_space import hub
 from tl_space import data as data_module
 from tl_space.errors import UserError, exit_code
-from tl_space.folder.files import CHECKPOINT_DIR, METRICS_FILE, RUNS_DIR, differing_settings
+from tl_space.folder.files import CHECKPOINT_DIR, RUNS_DIR, differing_settings
+from tl_space.folder.metrics import read_metrics
+from tl_space.folder.study import ALL_SHOTS, Shots, StudyRow, shots_order, study_row
 from tl_space.settings import (IMAGE_TRAINING_OPTIONS, SETTING_DEFAULTS, TrainSettings, add_arguments, check_settings,
                               describe_defaults, option, with_machine_defaults)
 from tl_space.strategies import NAMES, STRATEGIES
@@ -65,13 +66,16 @@ class StudySettings:
 @dataclass(frozen=True)
 class PlannedRun:
     strategy: str
-    shots: int | None  # None: all training images
+    shots: Shots
     seed: int
 
     @property
     def name(self) -> str:
-        shots = "all" if self.shots is None else f"{self.shots}shot"
+        shots = ALL_SHOTS if self.shots == ALL_SHOTS else f"{self.shots}shot"
         return f"{RUNS_DIR}/{self.strategy}-{shots}-seed{self.seed}"
+
+    def row(self, metrics: dict) -> StudyRow:
+        return study_row(self.name, self.strategy, self.shots, self.seed, metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,19 +105,19 @@ def parse_strategies(text: str) -> list[str]:
     return strategies
 
 
-def parse_shots(text: str) -> list[int | None]:
-    """Shot sizes, smallest first, None (all) last."""
-    shots: set[int | None] = set()
+def parse_shots(text: str) -> list[Shots]:
+    """Shot sizes, smallest first, all last."""
+    shots: set[Shots] = set()
     for part in (part.strip() for part in text.split(",") if part.strip()):
-        if part == "all":
-            shots.add(None)
+        if part == ALL_SHOTS:
+            shots.add(ALL_SHOTS)
         elif part.isdigit() and int(part) > 0:
             shots.add(int(part))
         else:
             raise UserError(f"--shots-per-class {text!r}: {part!r} is neither a positive whole number nor 'all'")
     if not shots:
         raise UserError("--shots-per-class is empty; give sizes such as 1,5,10,50,500,all")
-    return sorted(shots, key=lambda size: float("inf") if size is None else size)
+    return sorted(shots, key=shots_order)
 
 
 def check_study(study: StudySettings) -> None:
@@ -129,7 +133,7 @@ def check_study(study: StudySettings) -> None:
                         "from --strategies, its scratch row from --scratch-model and --scratch-image-size "
                         "(e.g. tl_speedrun_cnn at 32)")
     for strategy in parse_strategies(study.strategies):  # each as its runs will be set up
-        check_settings(run_settings(study, PlannedRun(strategy, None, study.training.seed)))
+        check_settings(run_settings(study, PlannedRun(strategy, ALL_SHOTS, study.training.seed)))
 
 
 def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRun], list[str]]:
@@ -137,10 +141,10 @@ def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRu
     runs, skipped = [], []
     base_seed = study.training.seed
     for shots in parse_shots(study.shots_per_class):
-        if shots is not None and shots > smallest_class:
+        if shots != ALL_SHOTS and shots > smallest_class:
             skipped.append(f"{shots} images per class: the smallest class has {smallest_class} for training")
             continue
-        repeats = study.seeds if shots is not None and shots <= study.repeat_up_to else 1
+        repeats = study.seeds if shots != ALL_SHOTS and shots <= study.repeat_up_to else 1
         for strategy in parse_strategies(study.strategies):
             runs += [PlannedRun(strategy, shots, base_seed + repeat) for repeat in range(repeats)]
     return runs, skipped
@@ -173,7 +177,8 @@ def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:
         if study.scratch_image_size:
             own.update(image_size=study.scratch_image_size)
     return dataclasses.replace(
-        study.training, **own, strategy=planned.strategy, shots_per_class=planned.shots, train_fraction=None,
+        study.training, **own, strategy=planned.strategy,
+        shots_per_class=None if planned.shots == ALL_SHOTS else planned.shots, train_fraction=None,
         seed=planned.seed, split_seed=study.training.seed, output_dir=str(run_dir),
         max_train_minutes=study.minutes if study.budget == "minutes" else None,
         resume=checkpoint.find_checkpoint(run_dir / CHECKPOINT_DIR) is not None,
@@ -182,37 +187,10 @@ def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:
 
 def finished_metrics(settings: TrainSettings) -> dict | None:
     """The metrics of a finished run with these same settings in settings.output_dir, else None."""
-    run_dir = Path(settings.output_dir)
-    metrics_path = run_dir / METRICS_FILE
-    if settings.resume or not metrics_path.is_file():
+    if settings.resume:
         return None
-    metrics = json.loads(metrics_path.read_text())
-    return None if differing_settings(metrics.get("settings", {}), settings.published()) else metrics
-
-
-def study_row(planned: PlannedRun, metrics: dict) -> dict:
-    """One run as a row of study.json."""
-    elapsed, curve = 0.0, []
-    for entry in metrics["history"]:
-        elapsed += entry["seconds"]
-        curve.append({"epoch": entry["epoch"], "val_accuracy": entry["val_accuracy"], "seconds": round(elapsed, 2)})
-    data, history = metrics["data"], metrics["history"]
-    stopped_by = metrics.get("stopped_by", "epochs")
-    best_epoch = metrics["test"]["best_epoch"]
-    return {
-        "run": planned.name, "strategy": planned.strategy, "shots": "all" if planned.shots is None else planned.shots,
-        "seed": planned.seed, "model": metrics["settings"]["model"], "image_size": metrics["preprocessing"]["image_size"],
-        "stopped_by": stopped_by,
-        # Still climbing when the budget ended: its best epoch was its last, and patience did not stop it.
-        "budget_bound": bool(history) and stopped_by in ("epochs", "time budget") and best_epoch == history[-1]["epoch"],
-        "train_images": data["train_images"],
-        "images_per_class": data["train_images"] / len(data["class_names"]),
-        "test_accuracy": metrics["test"]["accuracy"], "best_epoch": best_epoch,
-        "best_stage": next((entry["stage"] for entry in history if entry["epoch"] == best_epoch), None),
-        "epochs": len(metrics["history"]), "wall_seconds": round(metrics["timing"]["total_seconds"], 2),
-        "training_seconds": round(metrics["timing"]["training_seconds"], 2),
-        "trainable_parameters": metrics["trainable_parameters"], "curve": curve,
-    }
+    metrics = read_metrics(Path(settings.output_dir), Path(settings.output_dir).name)
+    return None if not metrics or differing_settings(metrics["settings"], settings.published()) else metrics
 
 
 def run_study(study: StudySettings) -> Path:
@@ -241,11 +219,12 @@ def run_study(study: StudySettings) -> Path:
             state = "done before, kept" if metrics else ("resuming" if settings.resume else "running")
             tqdm.write(f"[study {number}/{len(runs)}] {planned.name}: {state}")
         if metrics is None:
-            run(settings, accelerator=accelerator, decoded_store=decoded_store)
-            metrics = json.loads((Path(settings.output_dir) / METRICS_FILE).read_text())
-        rows.append(study_row(planned, metrics))
+            run_dir = run(settings, accelerator=accelerator, decoded_store=decoded_store)
+            metrics = read_metrics(run_dir, planned.name)
+        rows.append(planned.row(metrics))
         if accelerator.is_main_process:
-            write_study_files(output_dir, study_record(study, rows, skipped, len(runs)))
+            write_study_files(output_dir, study_settings_record(study), study.training.published(), len(runs), rows,
+                              skipped)
     accelerator.wait_for_everyone()
     if study.push_to_hub and accelerator.is_main_process:
         url = hub.publish(output_dir, study.hub_model_id, private=study.private,
@@ -255,16 +234,14 @@ def run_study(study: StudySettings) -> Path:
     return output_dir
 
 
-def study_record(study: StudySettings, rows: list[dict], skipped: list[str], planned: int) -> dict:
-    """What study.json holds: the settings, one row per finished run, and what was skipped."""
+def study_settings_record(study: StudySettings) -> dict:
+    """The study's own settings as study.json records them, with no path of this machine."""
     settings = {name: getattr(study, name) for name in ("strategies", "shots_per_class", "seeds", "repeat_up_to",
                                                         "budget", "minutes", "scratch_model", "scratch_image_size",
                                                         "output_dir")}
-    settings["output_dir"] = Path(study.output_dir).name  # no path of this machine in what is published
-    return {"study": settings, "training": study.training.published(), "planned_runs": planned, "rows": rows,
-            "skipped": skipped}
+    settings["output_dir"] = Path(study.output_dir).name
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    study = parse_study_settings(argv)
-    return exit_code(lambda: print(f"study written to {run_study(study)}"))
+    return exit_code(lambda: print(f"study written to {run_study(parse_study_settings(argv))}"))

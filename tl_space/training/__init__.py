@@ -1,5 +1,2 @@
-"""Training: the run, the loop, batches, frozen features, checkpoints and the final evaluation."""
-
-from tl_space.training.run import run
-
-__all__ = ["run"]
+"""Training: the run, the loop, batches, frozen features, checkpoints and the final evaluation (the run:
+`tl_space.training.run.run`)."""

@@ -79,3 +79,28 @@ def calibration_report(val_logits: torch.Tensor, val_labels: torch.Tensor, test_
         report[f"test_nll_{name}"] = float(F.cross_entropy(test_logits.float() / scale, test_labels))
         report[f"reliability_{name}"] = reliability_bins(probabilities, test_labels)
     return report
+
+
+def cross_fitted_report(logits: torch.Tensor, labels: torch.Tensor, fold_of: torch.Tensor) -> dict:
+    """calibration_report's fields for predictions that are themselves cross-validated (each image's logits from a
+    head fitted without it): the temperature is fitted on all of them, and its "after" figures score each fold with
+    a temperature fitted without that fold, so no figure is measured on the logits it was fitted on."""
+    report = {"bins": CALIBRATION_BINS, "fitted_on": "cross-validated predictions (scored fold by fold with "
+                                                     "temperatures fitted on the other folds)"}
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        temperature, scaled = 1.0, logits.float()
+        report["skipped"] = (f"not calibrated (temperature 1): {len(labels)} cross-validated predictions, fewer than "
+                             f"the {MIN_CALIBRATION_IMAGES} a temperature is fitted on")
+    else:
+        temperature = fit_temperature(logits, labels)
+        scaled = torch.empty_like(logits, dtype=torch.float32)
+        for fold in fold_of.unique().tolist():
+            held = fold_of == fold
+            scaled[held] = logits[held].float() / fit_temperature(logits[~held], labels[~held])
+    report["temperature"] = temperature
+    for name, scored in (("before", logits.float()), ("after", scaled)):
+        probabilities = scored.softmax(dim=1)
+        report[f"test_ece_{name}"] = expected_calibration_error(probabilities, labels)
+        report[f"test_nll_{name}"] = float(F.cross_entropy(scored, labels))
+        report[f"reliability_{name}"] = reliability_bins(probabilities, labels)
+    return report

@@ -4,16 +4,18 @@ accuracy, confusion, mistakes), and flip test-time augmentation."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
-from tl_space.data import LabelledImages
 from tl_space.training.batches import FEATURE_BATCH_SIZE, feature_inputs, image_inputs, predict
 from tl_space.transforms import Preprocessing
+
+if TYPE_CHECKING:  # the app uses this module's metrics without the dataset code
+    from tl_space.data import LabelledImages
 
 TOP_K = 5
 # Flip test-time augmentation doubles the app's work per image: worth it from half a point of test accuracy.
@@ -102,7 +104,7 @@ def flip_tta_report(accelerator: Accelerator, model: nn.Module, test: LabelledIm
     reported beside the plain one; `enabled` tells the app to use it: only when it gains at least TTA_MIN_GAIN.
     frozen_features: for a model whose backbone stayed frozen, gives the mirror images' features (cached too)."""
     started = time.perf_counter()
-    mirrored = LabelledImages(test.images.flip(-1), test.labels)
+    mirrored = type(test)(test.images.flip(-1), test.labels)
     if frozen_features is not None:
         mirrored.features = frozen_features(mirrored)
     mirrored_logits = final_logits(accelerator, model, mirrored, preprocessing, frozen_features is not None,

@@ -6,7 +6,7 @@ import copy
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from tl_space import model as model_module
 from tl_space.data import DataSplits
 from tl_space.errors import UserError
+from tl_space.folder.metrics import EpochRecord, StoppedBy
 from tl_space.training import checkpoint
 from tl_space.training.batches import InputsFn, index_loader, predict
 from tl_space.training.evaluation import classification_metrics
@@ -44,7 +45,6 @@ class LoopSettings:
     max_train_minutes: float | None
     patience: int | None  # epochs without a better validation accuracy that end a stage; None: never
     keep_batchnorm_statistics: bool
-    published_settings: dict  # recorded in each checkpoint, so --resume can check it continues the same run
 
 
 @dataclass
@@ -64,17 +64,37 @@ class Stage:
     image_size: int | None = None  # the size the stage's images end at (and are validated at)
 
 
+@dataclass(frozen=True)
+class BestModel:
+    """The model at its best validation accuracy so far: what the run keeps and writes."""
+
+    accuracy: float | None  # None: nothing validated yet
+    epoch: int
+    state: dict[str, torch.Tensor] | None  # the model's state_dict (a CPU copy)
+
+    def beaten_by(self, val_accuracy: float) -> bool:
+        return self.accuracy is None or val_accuracy > self.accuracy
+
+
+NO_BEST = BestModel(None, 0, None)
+
+
 @dataclass
 class RunState:
     """What carries over between epochs and stages, and what a resumed run starts from."""
 
     checkpoint_dir: Path
     generator: torch.Generator  # augmentation
-    history: list[dict]
-    best: dict  # accuracy, epoch, state (the model's state_dict at its best validation accuracy)
+    published_settings: dict  # recorded in each checkpoint, so --resume can check it continues the same run
+    history: list[EpochRecord] = field(default_factory=list)
+    best: BestModel = NO_BEST
     resume_stage: int | None = None  # the stage a resumed run continues, None for a fresh run
     resume_epochs_done: int = 0
-    stopped_by: str = "epochs"  # what ended the last stage: "epochs" (all ran), "time budget" or "patience"
+    stopped_by: StoppedBy = StoppedBy.EPOCHS  # what ended the last stage
+
+    def seconds_before(self, epoch: int) -> float:
+        """Training seconds of the run's epochs before this one (1-based)."""
+        return sum(entry.seconds for entry in self.history[:epoch - 1])
 
 
 @dataclass
@@ -82,14 +102,19 @@ class TimeBudget:
     """A stage's share of --max-train-minutes: the fraction spent, agreed by all processes so they stop together."""
 
     allowed_seconds: float | None  # None: no time budget
+    clock: Callable[[], float] = time.perf_counter
     spent_before: float = 0.0  # by this stage's finished epochs
     epoch_started: float = 0.0
     fraction: float = 0.0
 
+    def start_epoch(self) -> float:
+        self.epoch_started = self.clock()
+        return self.epoch_started
+
     def update(self, accelerator: Accelerator) -> None:
         if self.allowed_seconds is None:
             return
-        spent = self.spent_before + time.perf_counter() - self.epoch_started
+        spent = self.spent_before + self.clock() - self.epoch_started
         fraction = torch.tensor([spent / max(self.allowed_seconds, 1e-9)], device=accelerator.device)
         if accelerator.num_processes > 1:  # one clock, process 0's: the same learning rate and last step everywhere
             fraction = broadcast(fraction, from_process=0)
@@ -98,7 +123,6 @@ class TimeBudget:
     @property
     def exhausted(self) -> bool:
         return self.allowed_seconds is not None and self.fraction >= 1
-
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
@@ -116,12 +140,43 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def record_epoch(accelerator: Accelerator, run_state: RunState, entry: EpochRecord, kept: nn.Module,
+                 what: str) -> None:
+    """One finished epoch of either stage kind: into the history and the trackers, one line on the console, and the
+    kept module's weights as the run's best when its validation accuracy is the best so far."""
+    run_state.history.append(entry)
+    accelerator.log(entry.logged(), step=entry.epoch)
+    if accelerator.is_main_process:
+        tqdm.write(f"{what}: train loss {entry.train_loss:.4f} acc {entry.train_accuracy:.4f} | val loss "
+                   f"{entry.val_loss:.4f} acc {entry.val_accuracy:.4f} | {entry.seconds:.1f}s")
+    if run_state.best.beaten_by(entry.val_accuracy):
+        run_state.best = BestModel(entry.val_accuracy, entry.epoch, model_module.state_copy(kept))
+
+
+def check_finite(loss: torch.Tensor, stage: Stage, epoch: int, step: int, steps: int, run_state: RunState) -> None:
+    """A UserError before the step when the loss is no number: the weights and the last checkpoint stay good."""
+    if torch.isfinite(loss):
+        return
+    history = run_state.history
+    kept = (f"the last good checkpoint (epoch {len(history)}) is kept in {run_state.checkpoint_dir}"
+            if history else "no epoch finished, so there is no checkpoint")
+    advice = (f"rerun with --resume and a lower --lr (now {stage.lr})" if history else
+              f"lower --lr (now {stage.lr}) or use --mixed-precision no")
+    raise UserError(f"the training loss became {loss.item()} in epoch {epoch}, step {step} of {steps}; {kept}. "
+                    f"To go on, {advice}")
+
+
+def patience_ran_out(run_state: RunState, patience: int | None, epoch: int, first_epoch: int) -> bool:
+    """Whether the stage went `patience` epochs without a better validation accuracy, counted within the stage: a
+    probe that plateaued early leaves the fine-tuning stage its full patience."""
+    return bool(patience) and epoch - max(run_state.best.epoch, first_epoch - 1) >= patience
+
 
 def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits: DataSplits,
                 settings: LoopSettings, run_state: RunState) -> None:
-    """Train stage.module for stage.epochs (from its checkpoint when resuming this stage); append per-epoch metrics
-    to run_state.history, keep the best model in run_state.best, and checkpoint after every epoch."""
-    run_state.stopped_by = "epochs"
+    """Train stage.module for stage.epochs (from its checkpoint when resuming this stage); record every epoch
+    (record_epoch), keep the best model, and checkpoint after every epoch."""
+    run_state.stopped_by = StoppedBy.EPOCHS
     trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
     loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed,
@@ -136,6 +191,8 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     # The average is what is validated, kept as the best model and written: the weights only feed it.
     ema = weight_average(accelerator.unwrap_model(module), stage.regularisation.ema_decay)
     evaluated = accelerator.unwrap_model(module) if ema is None else ema.module
+
+    # Resume: this stage's finished epochs are skipped, its optimizer, schedule and weight average restored.
     done = 0
     if run_state.resume_stage == stage.index:
         checkpoint.restore_checkpoint(accelerator, run_state.checkpoint_dir, scheduler, run_state.generator, stage.lr)
@@ -143,22 +200,25 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         saved_average = checkpoint.ema_model_state(run_state.checkpoint_dir) if ema is not None else None
         if saved_average is not None:
             ema.module.load_state_dict(saved_average)
-    history, best = run_state.history, run_state.best
-    train_labels = splits.train.labels.to(accelerator.device)
-    first_epoch = len(history) - done + 1
+    first_epoch = len(run_state.history) - done + 1
     last_epoch = first_epoch + stage.epochs - 1
-    if settings.max_train_minutes:  # earlier stages' time counts against the run's budget
-        budget.allowed_seconds = settings.max_train_minutes * 60 - sum(e["seconds"] for e in history[:first_epoch - 1])
-        budget.spent_before = sum(entry["seconds"] for entry in history[first_epoch - 1:])
+
+    # Time budget: earlier stages' time counts against the run's.
+    if settings.max_train_minutes:
+        budget.allowed_seconds = settings.max_train_minutes * 60 - run_state.seconds_before(first_epoch)
+        budget.spent_before = sum(entry.seconds for entry in run_state.history[first_epoch - 1:])
         if budget.allowed_seconds <= 0:
             if accelerator.is_main_process:
                 tqdm.write(f"{stage.name}: skipped, the {settings.max_train_minutes:g}-minute budget is spent")
-            run_state.stopped_by = "time budget"
+            run_state.stopped_by = StoppedBy.TIME_BUDGET
             return
+
+    train_labels = splits.train.labels.to(accelerator.device)
     for epoch in range(first_epoch + done, last_epoch + 1):
+        # Train one epoch (or until the budget ends it).
         loader.set_epoch(epoch)
         model_module.train_mode(module, settings.keep_batchnorm_statistics)
-        started = budget.epoch_started = time.perf_counter()
+        started = budget.start_epoch()
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
         seen = torch.zeros((), device=accelerator.device)
@@ -174,13 +234,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             with accelerator.autocast():
                 logits = module(inputs)
                 loss = regulariser.loss(logits.float(), targets)
-            if not torch.isfinite(loss):  # before the step: the weights and the last checkpoint stay good
-                kept = (f"the last good checkpoint (epoch {len(history)}) is kept in {run_state.checkpoint_dir}"
-                        if history else "no epoch finished, so there is no checkpoint")
-                advice = (f"rerun with --resume and a lower --lr (now {stage.lr})" if history else
-                          f"lower --lr (now {stage.lr}) or use --mixed-precision no")
-                raise UserError(f"the training loss became {loss.item()} in epoch {epoch}, step {step} of "
-                                f"{len(loader)}; {kept}. To go on, {advice}")
+            check_finite(loss, stage, epoch, step, len(loader), run_state)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -195,56 +249,53 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
                 break
         totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
         train_seconds = time.perf_counter() - started
+
+        # Validate and record it.
         val_logits = predict(accelerator, evaluated, stage.val_inputs, len(splits.val), stage.eval_batch_size)
         val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
-        entry = {
-            "epoch": epoch, "stage": stage.name,
-            "train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
-            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-            "seconds": time.perf_counter() - started, "train_images_per_second": float(totals[2]) / train_seconds,
-            "lr": stage.lr,
-        }
-        history.append(entry)
-        accelerator.log({k: v for k, v in entry.items() if k != "stage"}, step=epoch)
-        if accelerator.is_main_process:
-            tqdm.write(f"epoch {epoch} ({stage.name} {epoch - first_epoch + 1}/{stage.epochs}): train loss {entry['train_loss']:.4f} "
-                       f"acc {entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} "
-                       f"acc {entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
-        if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
-            best.update(accuracy=entry["val_accuracy"], epoch=epoch,
-                        state=model_module.state_copy(model if ema is None else ema.module))
-        progress_record = {"settings": settings.published_settings, "stage": stage.name, "stage_index": stage.index,
-                           "stage_epochs_done": epoch - first_epoch + 1, "history": history,
-                           "best": {"accuracy": best["accuracy"], "epoch": best["epoch"]}}
-        checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress_record, best["state"], scheduler,
-                                   run_state.generator, None if ema is None else model_module.state_copy(ema.module))
-        budget.spent_before += entry["seconds"]
-        budget.epoch_started = time.perf_counter()
+        entry = EpochRecord(epoch=epoch, stage=stage.name, train_loss=float(totals[0] / totals[2]),
+                            train_accuracy=float(totals[1] / totals[2]), val_loss=val["loss"],
+                            val_accuracy=val["accuracy"], seconds=time.perf_counter() - started,
+                            train_images_per_second=float(totals[2]) / train_seconds, lr=stage.lr)
+        record_epoch(accelerator, run_state, entry, model if ema is None else ema.module,
+                     f"epoch {epoch} ({stage.name} {epoch - first_epoch + 1}/{stage.epochs})")
+        save_epoch_checkpoint(accelerator, run_state, stage, epoch - first_epoch + 1, scheduler,
+                              None if ema is None else ema.module)
+
+        # Stop early: the time budget, or patience.
+        budget.spent_before += entry.seconds
+        budget.start_epoch()
         budget.update(accelerator)
         if budget.exhausted:
             if accelerator.is_main_process:
                 tqdm.write(f"{stage.name}: the {settings.max_train_minutes:g}-minute budget is spent after epoch {epoch}")
-            run_state.stopped_by = "time budget"
+            run_state.stopped_by = StoppedBy.TIME_BUDGET
             break
-        # Counted within this stage: a probe that plateaued early leaves the fine-tuning stage its full patience.
-        since_better = epoch - max(best["epoch"], first_epoch - 1)
-        if settings.patience and since_better >= settings.patience and epoch < last_epoch:
+        if patience_ran_out(run_state, settings.patience, epoch, first_epoch) and epoch < last_epoch:
             if accelerator.is_main_process:
                 tqdm.write(f"{stage.name}: no better validation accuracy for {settings.patience} epochs (best: epoch "
-                           f"{best['epoch']}); stopping after epoch {epoch}")
-            run_state.stopped_by = "patience"
+                           f"{run_state.best.epoch}); stopping after epoch {epoch}")
+            run_state.stopped_by = StoppedBy.PATIENCE
             break
     accelerator.free_memory()
 
+
+def save_epoch_checkpoint(accelerator: Accelerator, run_state: RunState, stage: Stage, stage_epochs_done: int,
+                          scheduler: torch.optim.lr_scheduler.LRScheduler, average: nn.Module | None) -> None:
+    progress = {"settings": run_state.published_settings, "stage": stage.name, "stage_index": stage.index,
+                "stage_epochs_done": stage_epochs_done, "history": [entry.to_json() for entry in run_state.history],
+                "best": {"accuracy": run_state.best.accuracy, "epoch": run_state.best.epoch}}
+    checkpoint.save_checkpoint(accelerator, run_state.checkpoint_dir, progress, run_state.best.state, scheduler,
+                               run_state.generator, None if average is None else model_module.state_copy(average))
 
 
 def fit_head_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits: DataSplits,
                    run_state: RunState) -> None:
     """Fit stage.module, a linear head, on cached features by multinomial logistic regression at each L2 strength of
-    L2_GRID; each strength is one entry of run_state.history, and the best validation accuracy is kept as training's
-    best epoch. Every process fits the same full batch, so all end with the same head."""
-    run_state.stopped_by = "epochs"
-    head, history, best = stage.module, run_state.history, run_state.best
+    L2_GRID; each strength is one entry of the history (record_epoch), and the best validation accuracy is kept as
+    training's best epoch. Every process fits the same full batch, so all end with the same head."""
+    run_state.stopped_by = StoppedBy.EPOCHS
+    head = stage.module
     everything = torch.arange(len(splits.train), device=accelerator.device)
     features = stage.train_inputs(everything, False).float()
     labels = splits.train.labels.to(features.device)
@@ -259,19 +310,11 @@ def fit_head_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, spl
         train_seconds = time.perf_counter() - started
         val_logits = predict(accelerator, head, stage.val_inputs, len(splits.val), stage.eval_batch_size)
         val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
-        entry = {"epoch": len(history) + 1, "stage": stage.name, "train_loss": train["loss"],
-                 "train_accuracy": train["accuracy"], "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                 "seconds": time.perf_counter() - started, "train_images_per_second": len(labels) / train_seconds,
-                 "lr": None, "l2": l2}
-        history.append(entry)
-        accelerator.log({k: v for k, v in entry.items() if k not in ("stage", "lr")}, step=entry["epoch"])
-        if accelerator.is_main_process:
-            tqdm.write(f"{stage.name}, L-BFGS at L2 {l2:g}: train loss {entry['train_loss']:.4f} acc "
-                       f"{entry['train_accuracy']:.4f} | val loss {entry['val_loss']:.4f} acc "
-                       f"{entry['val_accuracy']:.4f} | {entry['seconds']:.1f}s")
-        if "accuracy" not in best or entry["val_accuracy"] > best["accuracy"]:
-            best.update(accuracy=entry["val_accuracy"], epoch=entry["epoch"],
-                        state=model_module.state_copy(model))
+        entry = EpochRecord(epoch=len(run_state.history) + 1, stage=stage.name, train_loss=train["loss"],
+                            train_accuracy=train["accuracy"], val_loss=val["loss"], val_accuracy=val["accuracy"],
+                            seconds=time.perf_counter() - started, train_images_per_second=len(labels) / train_seconds,
+                            lr=None, l2=l2)
+        record_epoch(accelerator, run_state, entry, model, f"{stage.name}, L-BFGS at L2 {l2:g}")
 
 
 # The estimate's training steps. In a CPU run the first steps take twice as long as the rest of training (lite0 at
@@ -282,11 +325,13 @@ ESTIMATE_STEPS = 3
 
 
 def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataSplits, settings: LoopSettings,
-                           images: tuple[int, int] | None = None) -> float:
+                           images: tuple[int, int] | None = None,
+                           clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds the stage's epochs would take here (before any time budget), from the median of ESTIMATE_STEPS timed
     training steps (after ESTIMATE_WARMUP_STEPS) and one timed validation batch on a copy of its module, at the run's
     batch sizes; the random number generators are left as they were. The stage's inputs may be a sample of the run's
-    splits (splits: that sample), images then the (train, validation) images of the run itself."""
+    splits (splits: that sample), images then the (train, validation) images of the run itself. clock: the timer
+    (a test's own)."""
     count = min(settings.batch_size, len(splits.train))  # the real batch: smaller ones run faster per image
     eval_count = min(stage.eval_batch_size, len(splits.val))
     indices, eval_indices = (torch.arange(number, device=accelerator.device) for number in (count, eval_count))
@@ -297,19 +342,19 @@ def estimate_stage_seconds(accelerator: Accelerator, stage: Stage, splits: DataS
         model_module.train_mode(probe, settings.keep_batchnorm_statistics)
         timings = []
         for _ in range(ESTIMATE_WARMUP_STEPS + ESTIMATE_STEPS):
-            started = time.perf_counter()
+            started = clock()
             with accelerator.autocast():
                 loss = probe(stage.train_inputs(indices, False)).float().logsumexp(dim=1).mean()
             if trainable:
                 loss.backward()
             if accelerator.device.type == "cuda":
                 torch.cuda.synchronize()
-            timings.append(time.perf_counter() - started)
+            timings.append(clock() - started)
         probe.eval()
-        started = time.perf_counter()
+        started = clock()
         with torch.inference_mode(), accelerator.autocast():
             probe(stage.val_inputs(eval_indices, False))
-        eval_per_image = (time.perf_counter() - started) / eval_count
+        eval_per_image = (clock() - started) / eval_count
     step = statistics.median(timings[ESTIMATE_WARMUP_STEPS:])
     train_images, val_images = images or (len(splits.train), len(splits.val))
     steps = math.ceil(max(train_images, settings.min_epoch_images) / (settings.batch_size * accelerator.num_processes))

@@ -40,6 +40,15 @@ def colour_images(count_per_class: int, size: int, seed: int) -> tuple[list[Imag
     return images, labels
 
 
+def one_image_per_class(folder: Path, seed: int) -> list[Path]:
+    """One image of each class, saved as CLASS.png, at the tiny dataset's size."""
+    images, labels = colour_images(1, 16, seed=seed)
+    paths = [folder / f"{CLASS_NAMES[label]}.png" for label in labels]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths
+
+
 def make_dataset_folder(folder: Path, train_per_class: int = 40, test_per_class: int = 12, size: int = 16,
                         image_column: str = "img", label_column: str = "label") -> Path:
     """A DatasetDict written as parquet in the Hub's layout (plain_text/<split>-00000-of-00001.parquet)."""
@@ -114,13 +123,9 @@ def model_folder(tiny_dataset, pretrained_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_folder(tiny_dataset, pretrained_file, tmp_path_factory) -> Path:
-    """The same kind of run as model_folder, for the tests that serve it as a Space would (and copy it first)."""
-    from tl_space.training.run import run
-
-    folder = tmp_path_factory.mktemp("deployed") / "colours"
-    run(tiny_settings(tiny_dataset, folder, pretrained_file, strategy="linear-probe", epochs=4, lr=0.03))
-    return folder
+def trained_folder(model_folder) -> Path:
+    """model_folder under the name of the tests that serve it as a Space would (each copies it first)."""
+    return model_folder
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +144,7 @@ def client(app_url):
 
 @pytest.fixture(scope="module")
 def sample_images(tmp_path_factory):
-    """One image of each class, named after it, at the tiny dataset's size."""
-    folder = tmp_path_factory.mktemp("uploads")
-    images, labels = colour_images(1, 16, seed=7)
-    paths = []
-    for image, label in zip(images, labels):
-        paths.append(folder / f"{CLASS_NAMES[label]}.png")
-        image.save(paths[-1])
-    return paths
+    return one_image_per_class(tmp_path_factory.mktemp("uploads"), seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import CLASS_NAMES, colour_images
+from conftest import CLASS_NAMES, one_image_per_class
 from support.hub import REPO_ID, hub_cache_copy, outside_work_and_temp
 from support.runs import ROOT
 from support.local_app import answer_values, running_app, same_answer
@@ -64,13 +64,7 @@ def client(deployed):
 
 @pytest.fixture(scope="module")
 def uploads(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("visitor-images")
-    images, labels = colour_images(1, 16, seed=5)
-    paths = []
-    for image, label in zip(images, labels):
-        paths.append(folder / f"{CLASS_NAMES[label]}.png")
-        image.save(paths[-1])
-    return paths
+    return one_image_per_class(tmp_path_factory.mktemp("visitor-images"), seed=5)
 
 
 def served_bytes(item) -> bytes:

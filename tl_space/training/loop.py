@@ -248,14 +248,14 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             if budget.exhausted:  # this epoch ends here, validated and saved like any other
                 break
         totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
-        train_seconds = time.perf_counter() - started
+        train_seconds = budget.clock() - started
 
         # Validate and record it.
         val_logits = predict(accelerator, evaluated, stage.val_inputs, len(splits.val), stage.eval_batch_size)
         val = classification_metrics(val_logits, splits.val.labels, splits.class_names)
         entry = EpochRecord(epoch=epoch, stage=stage.name, train_loss=float(totals[0] / totals[2]),
                             train_accuracy=float(totals[1] / totals[2]), val_loss=val["loss"],
-                            val_accuracy=val["accuracy"], seconds=time.perf_counter() - started,
+                            val_accuracy=val["accuracy"], seconds=budget.clock() - started,
                             train_images_per_second=float(totals[2]) / train_seconds, lr=stage.lr)
         record_epoch(accelerator, run_state, entry, model if ema is None else ema.module,
                      f"epoch {epoch} ({stage.name} {epoch - first_epoch + 1}/{stage.epochs})")

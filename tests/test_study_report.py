@@ -73,3 +73,64 @@ def test_findings_explain_an_lp_ft_that_kept_its_probe_and_lost_to_finetune():
     # lp-ft ahead of finetune: nothing to explain
     rows = [dict(r, test_accuracy=0.5) if r["strategy"] == "lp-ft" else r for r in rows]
     assert not [line for line in findings(summarize(rows)) if "kept its probe's model" in line]
+
+
+def sweep_row(strategy, minutes, accuracy, wall_minutes, shots="all", seed=42, cold_minutes=None):
+    return {"run": f"runs/{strategy}-{shots}-{minutes:g}min-seed{seed}", "strategy": strategy, "shots": shots,
+            "seed": seed, "minutes": minutes, "images_per_class": 10 if shots != "all" else 4500,
+            "test_accuracy": accuracy, "wall_seconds": wall_minutes * 60,
+            "cold_wall_seconds": (cold_minutes or wall_minutes) * 60, "epochs": 3, "trainable_parameters": 100,
+            "curve": [], "model": "tl_speedrun_cnn" if strategy == "scratch" else "lite0"}
+
+
+def test_a_budget_sweep_says_who_wins_at_each_budget_and_where_scratch_overtakes():
+    from tl_space.study.report import findings, summarize
+
+    rows = [sweep_row("scratch", 1, 0.60, 1.2), sweep_row("linear-probe", 1, 0.75, 0.2, cold_minutes=3.0),
+            sweep_row("lp-ft", 1, 0.70, 1.5),
+            sweep_row("scratch", 15, 0.90, 15.5), sweep_row("linear-probe", 15, 0.77, 0.2, cold_minutes=3.0),
+            sweep_row("lp-ft", 15, 0.89, 16.0), sweep_row("scratch", 1, 0.20, 1.1, shots=10),
+            sweep_row("linear-probe", 1, 0.50, 0.1, shots=10)]
+    sentences = findings(summarize(rows))
+    assert "[1 min] All 4,500 images per class: linear-probe wins with 75.0%, 5.0 points ahead of lp-ft (70.0%)." \
+        in sentences
+    assert "[15 min] All 4,500 images per class: scratch wins with 90.0%, 1.0 points ahead of lp-ft (89.0%)." \
+        in sentences
+    assert ("With all 4,500 images per class, the best transfer run against scratch (tl_speedrun_cnn): +15.0 points "
+            "at 1 min (linear-probe), -1.0 points at 15 min (lp-ft). Scratch overtakes transfer at 15 min.") in sentences
+    # the probe's cached features charged at their 3 minutes: it is not the cheapest recipe
+    assert ("With all 4,500 images per class, the most accuracy for the wall time (features from a cache charged at "
+            "what they cost): scratch, 1 min (1.2 min, 60.0%) → lp-ft, 1 min (1.5 min, 70.0%) → linear-probe, 15 min "
+            "(3.0 min, 77.0%) → scratch, 15 min (15.5 min, 90.0%); 2 of 6 recipes are off that front.") in sentences
+    assert "[1 min] With all 4,500 images per class, scratch takes 72 s for 60.0%; linear-probe takes 180 s for 75.0%." \
+        in sentences
+    rows = [row for row in rows if not (row["strategy"] == "scratch" and row["minutes"] == 15)]
+    rows.append(sweep_row("scratch", 15, 0.85, 15.5))
+    assert any(sentence.endswith("Scratch overtakes transfer at no budget measured; the gap is smallest at 15 min "
+                                 "(4.0 points).") for sentence in findings(summarize(rows)))
+
+
+def test_a_budget_sweep_writes_its_plots_and_a_table_with_the_budget(tmp_path):
+    from tl_space.folder.study import study_row
+    from tl_space.study.report import study_readme, summarize, write_study_files
+
+    def metrics(accuracy, seconds):
+        return {"history": [{"epoch": 1, "stage": "scratch", "val_accuracy": accuracy, "seconds": seconds}],
+                "stopped_by": "time budget", "settings": {"model": "m"}, "preprocessing": {"image_size": 32},
+                "data": {"train_images": 90, "class_names": ["a", "b", "c"]},
+                "test": {"accuracy": accuracy, "best_epoch": 1},
+                "timing": {"total_seconds": seconds + 5, "training_seconds": seconds}, "trainable_parameters": 9}
+    rows = [study_row(f"runs/{strategy}-all-{minutes}min-seed42", strategy, "all", 42, float(minutes),
+                      metrics(accuracy, minutes * 60))
+            for strategy, minutes, accuracy in (("scratch", 1, 0.5), ("scratch", 5, 0.7), ("lp-ft", 1, 0.6),
+                                                ("lp-ft", 5, 0.65))]
+    write_study_files(tmp_path, {"budget": "minutes", "minutes": "1,5"}, {"model": "m", "dataset": "d"}, 4, rows, [])
+    for name in PLOTS:
+        with Image.open(tmp_path / name) as plot:
+            assert plot.width > 400 and plot.height > 300
+    with Image.open(tmp_path / "accuracy_for_the_time.png") as plot:
+        assert plot.width > 600
+    readme = (tmp_path / "README.md").read_text()
+    assert "| 5 min | scratch | m (32) | all (30) | 1 | 70.00% |" in readme
+    assert "the same budget (1, 5 minutes of training)" in readme
+    assert len(summarize([row.to_json() for row in rows])) == 4

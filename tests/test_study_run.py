@@ -1,5 +1,6 @@
 """Study mode on tiny data: the table, the findings, the plots, resume, the Hub, and the Study tab of the real app."""
 
+import dataclasses
 import json
 import shutil
 import urllib.request
@@ -18,7 +19,8 @@ from tl_space.folder.files import CHECKPOINT_DIR
 from tl_space.app.served import load_served_model
 from tl_space.study import run as study
 from tl_space.training import checkpoint
-from tl_space.settings import check_settings
+from tl_space.errors import UserError
+from tl_space.settings import RECIPES, check_settings, native_bf16
 from support.local_app import running_app
 from tl_space.app.ui import build_demo
 
@@ -110,11 +112,50 @@ def test_bad_study_options_stop_with_a_clear_message(tiny_dataset, pretrained_fi
 
 
 def test_a_minutes_budget_reaches_every_run():
-    settings = study.StudySettings(budget="minutes", minutes=2.5, output_dir="studies/x")
-    run_settings = study.run_settings(settings, study.PlannedRun("scratch", 5, 43))
+    settings = study.StudySettings(budget="minutes", minutes="2.5", output_dir="studies/x")
+    [planned] = study.plan_runs(dataclasses.replace(settings, strategies="scratch", shots_per_class="5", seeds=1), 50)[0]
+    run_settings = study.run_settings(settings, dataclasses.replace(planned, seed=43))
     assert run_settings.max_train_minutes == 2.5 and run_settings.seed == 43 and run_settings.split_seed == 42
-    assert run_settings.output_dir.endswith("studies/x/runs/scratch-5shot-seed43")
-    assert study.run_settings(study.StudySettings(), study.PlannedRun("scratch", "all", 42)).max_train_minutes is None
+    assert run_settings.output_dir.endswith("studies/x/runs/scratch-5shot-2.5min-seed43")
+    [planned] = study.plan_runs(study.StudySettings(strategies="scratch", shots_per_class="all"), 50)[0]
+    assert study.run_settings(study.StudySettings(), planned).max_train_minutes is None
+    assert planned.name == "runs/scratch-all-seed42"  # an epochs budget: the names of earlier studies
+
+
+def test_a_budget_sweep_runs_all_images_at_every_budget_and_few_shots_at_the_small_ones():
+    settings = study.StudySettings(strategies="scratch,lp-ft", shots_per_class="10,all", seeds=2, budget="minutes",
+                                   minutes="15,1,5", few_shot_minutes=5)
+    runs, _ = study.plan_runs(settings, smallest_class=50)
+    assert [run.minutes for run in runs] == sorted(run.minutes for run in runs)  # the quick answers first
+    assert Counter((run.minutes, run.shots) for run in runs) == {
+        (1.0, 10): 4, (1.0, "all"): 2, (5.0, 10): 4, (5.0, "all"): 2, (15.0, "all"): 2}
+    assert len({run.name for run in runs}) == len(runs)
+    assert "runs/lp-ft-all-15min-seed42" in {run.name for run in runs}
+
+
+@pytest.mark.parametrize("minutes", ["0", "1,x", "", "nan", "-5"])
+def test_a_bad_minutes_list_is_refused_naming_it(minutes):
+    with pytest.raises(UserError, match="--minutes"):
+        study.check_study(study.StudySettings(budget="minutes", minutes=minutes))
+
+
+def test_the_scratch_recipe_sets_the_scratch_runs_and_the_others_keep_fp32():
+    settings = study.parse_study_settings(["--scratch-recipe", "speedrun", "--budget", "minutes", "--minutes", "5",
+                                           "--epochs", "100", "--model", "test_resnet", "--image-size", "64",
+                                           "--batch-size", "32", "--lr", "0.01"])  # for the transfer runs
+    scratch = study.run_settings(settings, study.PlannedRun("scratch", "all", 42, 5.0))
+    recipe = RECIPES["speedrun"]
+    assert (scratch.model, scratch.image_size, scratch.batch_size, scratch.lr, scratch.label_smoothing) == (
+        recipe["model"], recipe["image_size"], recipe["batch_size"], recipe["lr"], recipe["label_smoothing"])
+    assert scratch.epochs == 100 and scratch.max_train_minutes == 5.0  # the study's budget, not the recipe's
+    assert scratch.pretrained_file is None and scratch.recipe is None
+    transfer = study.run_settings(settings, study.PlannedRun("lp-ft", "all", 42, 5.0))
+    assert (transfer.model, transfer.image_size, transfer.batch_size, transfer.lr, transfer.label_smoothing) == (
+        "test_resnet", 64, 32, 0.01, 0)
+    if native_bf16():  # one shared bf16 accelerator, under which the transfer runs turn autocast off
+        assert (scratch.mixed_precision, transfer.mixed_precision) == ("bf16", "no")
+    with pytest.raises(UserError, match="--scratch-recipe"):
+        study.check_study(dataclasses.replace(settings, scratch_recipe="magic"))
 
 
 @pytest.mark.slow

@@ -128,5 +128,5 @@ def images_fingerprint(images: torch.Tensor) -> str:
 def features_key(backbone: str, architecture: str, preprocessing: Preprocessing, precision: str, images: str) -> str:
     """One name for one set of features: any part that differs gives another key."""
     parts = {"backbone": backbone, "architecture": architecture, "preprocessing": preprocessing.to_dict(),
-             "precision": precision, "images": images, "version": 1}
+             "precision": precision, "images": images, "version": 2}
     return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=20).hexdigest()

@@ -8,6 +8,7 @@ import matplotlib
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from PIL import Image
 
 from tl_space import atomic
@@ -37,6 +38,15 @@ def to_image(figure: Figure) -> Image.Image:
     canvas = figure.canvas
     canvas.draw()
     return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+
+
+def log_x(axes) -> None:
+    """A log-scale x axis whose ticks read as plain numbers (matplotlib's default labels are mathtext, which this
+    project turns off)."""
+    axes.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}"[0] in "25" else ""))
 
 
 def colour(index: int):

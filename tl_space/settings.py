@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+import torch
+
 from tl_space import strategies
 from tl_space.caches import default_cache_dir
 from tl_space.errors import UserError
@@ -60,9 +62,11 @@ CPU_DEFAULTS_REASON = ("the best transfer recipe measured within an hour on a 2-
 # speedrun: airbench's design for CIFAR-10 from scratch (tl_space/speedrun_net.py), in this project's AdamW loop,
 # whose recipe parts are its own options: label smoothing, flip and translate on the device, a weight average,
 # warm-up then cosine decay, flip test-time augmentation.
+# Its bf16 (2.3x the images/s of fp32 on a CPU with AMX, bench/bench_backbone_step.py) applies only where bf16 is
+# native: elsewhere a CPU emulates it, slower than fp32.
 RECIPES = {
     "speedrun": {"strategy": strategies.SCRATCH, "model": "tl_speedrun_cnn", "image_size": 32, "batch_size": 256,
-                 "epochs": 10, "lr": 2e-3, "label_smoothing": 0.2, "ema_decay": 0.99},
+                 "epochs": 10, "lr": 2e-3, "label_smoothing": 0.2, "ema_decay": 0.99, "mixed_precision": "bf16"},
 }
 
 # Options for the stages that train on images (all default off); a strategy that trains only a head takes none.
@@ -97,15 +101,28 @@ def with_machine_defaults(settings: TrainSettings, on_gpu: bool) -> tuple[TrainS
     return dataclasses.replace(settings, **picked), picked
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a GPU, or a CPU with AVX-512 BF16 or AMX (oneDNN's test)."""
+    return torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def with_recipe(settings: TrainSettings) -> tuple[TrainSettings, dict]:
     """The settings with --recipe's options set where the command line left them at their defaults, and those."""
     if settings.recipe is None:
         return settings, {}
     if settings.recipe not in RECIPES:
         raise UserError(f"--recipe {settings.recipe!r} is not one of {', '.join(RECIPES)}")
-    picked = {name: value for name, value in RECIPES[settings.recipe].items()
+    picked = {name: value for name, value in recipe_options(settings.recipe).items()
               if getattr(settings, name) == SETTING_DEFAULTS[name]}
     return dataclasses.replace(settings, **picked), picked
+
+
+def recipe_options(recipe: str) -> dict:
+    """The options a named recipe sets on this machine."""
+    if recipe not in RECIPES:
+        raise UserError(f"recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+    return {name: value for name, value in RECIPES[recipe].items()
+            if not (name == "mixed_precision" and value == MixedPrecision.BF16 and not native_bf16())}
 
 
 def describe_defaults(picked: dict, on_gpu: bool) -> str:

@@ -1,7 +1,7 @@
 """Every file name of a model folder and of a study folder, and which earlier run a folder holds.
 
 A model folder: timm's config.json and model.safetensors, metrics.json, misclassified.json with misclassified/*.png,
-three plots and the model card (README.md); logs/ with --report-to; checkpoint/ while a run is unfinished. A study folder: study.json, three
+three plots and the model card (README.md); logs/ with --report-to; checkpoint/ while a run is unfinished. A study folder: study.json, four
 plots, README.md, and one model folder per run under runs/.
 """
 
@@ -29,9 +29,11 @@ REPORT_PLOTS = {CURVES_PLOT: "Loss and accuracy per epoch", CONFUSION_PLOT: "Con
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
 SHOTS_PLOT, EPOCH_PLOT, TIME_PLOT = "accuracy_vs_shots.png", "accuracy_vs_epoch.png", "accuracy_vs_time.png"
-STUDY_PLOTS = {SHOTS_PLOT: "Test accuracy vs training images per class",
-               EPOCH_PLOT: "Validation accuracy per epoch, each strategy, each shot size",
-               TIME_PLOT: "Accuracy vs wall time"}
+PARETO_PLOT = "accuracy_for_the_time.png"
+STUDY_PLOTS = {PARETO_PLOT: "Test accuracy vs wall minutes, every recipe, and the front of the best for the time",
+               SHOTS_PLOT: "Test accuracy vs training images per class",
+               EPOCH_PLOT: "Validation accuracy per epoch, each strategy, each shot size (its largest budget)",
+               TIME_PLOT: "Accuracy vs wall time (each strategy's largest budget)"}
 # A study folder without its runs: what the app fetches of a study repo besides the run it serves.
 STUDY_FILES = [STUDY_FILE, CARD_FILE, *STUDY_PLOTS]
 

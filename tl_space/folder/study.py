@@ -14,8 +14,8 @@ from tl_space.folder.files import STUDY_FILE
 from tl_space.folder.metrics import StoppedBy, stopped_by as stopped_by_of
 from tl_space.strategies import strategy_named
 
-# 2: format_version itself and StudyRow's fields; a study.json without it (version 1) has the same rows.
-FORMAT_VERSION = 2
+# 3: StudyRow's minutes and cold_wall_seconds. 2: format_version itself; version 1 (none) has version 2's rows.
+FORMAT_VERSION = 3
 ALL_SHOTS = "all"
 Shots = int | Literal["all"]  # training images per class, or every training image
 
@@ -33,6 +33,7 @@ class StudyRow:
     strategy: str
     shots: Shots
     seed: int
+    minutes: float | None  # its training budget in minutes; None: the study's epochs budget
     model: str
     image_size: int
     stopped_by: str
@@ -44,6 +45,7 @@ class StudyRow:
     best_stage: str | None
     epochs: int
     wall_seconds: float
+    cold_wall_seconds: float  # wall_seconds with the features a cache gave it charged at what computing them took
     training_seconds: float
     trainable_parameters: int
     curve: list[dict]  # per epoch: epoch, val_accuracy, seconds of training so far
@@ -52,7 +54,7 @@ class StudyRow:
         return asdict(self)
 
 
-def study_row(run: str, strategy: str, shots: Shots, seed: int, metrics: dict) -> StudyRow:
+def study_row(run: str, strategy: str, shots: Shots, seed: int, minutes: float | None, metrics: dict) -> StudyRow:
     """The row of a finished run, from its metrics.json (as read_metrics gives it)."""
     elapsed, curve = 0.0, []
     history = metrics["history"]
@@ -62,7 +64,7 @@ def study_row(run: str, strategy: str, shots: Shots, seed: int, metrics: dict) -
     data, best_epoch = metrics["data"], metrics["test"]["best_epoch"]
     stopped = stopped_by_of(metrics)
     return StudyRow(
-        run=run, strategy=strategy, shots=shots, seed=seed, model=metrics["settings"]["model"],
+        run=run, strategy=strategy, shots=shots, seed=seed, minutes=minutes, model=metrics["settings"]["model"],
         image_size=metrics["preprocessing"]["image_size"], stopped_by=str(metrics.get("stopped_by")),
         budget_bound=bool(history) and stopped in (StoppedBy.EPOCHS, StoppedBy.TIME_BUDGET)
         and best_epoch == history[-1]["epoch"],
@@ -70,14 +72,22 @@ def study_row(run: str, strategy: str, shots: Shots, seed: int, metrics: dict) -
         test_accuracy=metrics["test"]["accuracy"], best_epoch=best_epoch,
         best_stage=next((entry["stage"] for entry in history if entry["epoch"] == best_epoch), None),
         epochs=len(history), wall_seconds=round(metrics["timing"]["total_seconds"], 2),
+        cold_wall_seconds=round(metrics["timing"]["total_seconds"]
+                                + metrics["timing"].get("feature_cache_saved_seconds", 0.0), 2),
         training_seconds=round(metrics["timing"]["training_seconds"], 2),
         trainable_parameters=metrics["trainable_parameters"], curve=curve)
 
 
 def best_run(rows: list[dict]) -> str:
-    """The run a study serves as its model: the most accurate at the largest shot size."""
+    """The run a study serves as its model: the most accurate at the largest shot size (of any budget)."""
     largest = max((row["shots"] for row in rows), key=shots_order)
     return max((row for row in rows if row["shots"] == largest), key=lambda row: row["test_accuracy"])["run"]
+
+
+def row_minutes(row: dict) -> float | None:
+    """A row's budget in minutes (None: an epochs budget), as read from an untrusted study.json."""
+    minutes = row.get("minutes")
+    return float(minutes) if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) else None
 
 
 def write_study(folder: Path, study: dict, training: dict, planned_runs: int, rows: list[StudyRow],
@@ -100,12 +110,20 @@ def _valid_row(row: object) -> bool:
     """A row the Study tab can show: a known strategy, a shot count, and every field it reads of the right type."""
     return (isinstance(row, dict) and strategy_named(row.get("strategy")) is not None
             and (row.get("shots") == ALL_SHOTS or (isinstance(row.get("shots"), int) and row["shots"] > 0))
+            and (row.get("minutes") is None or (row_minutes(row) is not None and 0 < row["minutes"] < 1e6))
             and all(isinstance(row.get(key), kinds) and not isinstance(row.get(key), bool)
                     for key, kinds in ROW_FIELDS.items()))
 
 
 def upgrade_study(study: dict) -> dict:
-    """The one compatibility shim: version 1 (no format_version) has version 2's fields."""
+    """The one compatibility shim: version 1 (no format_version) has version 2's fields; versions 1 and 2 ran every
+    row at the one budget their settings name, and recorded no cache's savings."""
+    if study.get("format_version", 1) < 3:
+        settings = study["study"]
+        minutes = settings.get("minutes") if settings.get("budget") == "minutes" else None
+        minutes = minutes if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) else None
+        study = {**study, "rows": [{"minutes": minutes, "cold_wall_seconds": row.get("wall_seconds"), **row}
+                                   if isinstance(row, dict) else row for row in study["rows"]]}
     return {**study, "format_version": FORMAT_VERSION}
 
 

@@ -1,4 +1,4 @@
-"""A study's report: the summary table, findings computed from it, three plots, and the study folder's README."""
+"""A study's report: the summary table, findings computed from it, the plots, and the study folder's README."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Callable
 from matplotlib.ticker import MaxNLocator
 
 from tl_space import atomic
-from tl_space.figures import colour, new_figure, save_png
-from tl_space.folder.files import CARD_FILE, EPOCH_PLOT, SHOTS_PLOT, STUDY_PLOTS, TIME_PLOT
-from tl_space.folder.study import ALL_SHOTS, StudyRow, shots_order, write_study
+from tl_space.figures import colour, log_x, new_figure, save_png
+from tl_space.folder.files import CARD_FILE, EPOCH_PLOT, PARETO_PLOT, SHOTS_PLOT, STUDY_PLOTS, TIME_PLOT
+from tl_space.folder.study import ALL_SHOTS, StudyRow, row_minutes, shots_order, write_study
 from tl_space.strategies import NAMES, Strategy, strategy_named
 
 
@@ -44,20 +44,30 @@ def describe_shots(shots: int | str, images_per_class: float) -> str:
     return f"{shots} image{'s' if shots != 1 else ''} per class"
 
 
+def _budget_order(minutes: float | None) -> float:
+    return -1.0 if minutes is None else minutes
+
+
+def budget_text(minutes: float | None) -> str:
+    return "the epochs budget" if minutes is None else f"{minutes:g} min"
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One entry per (strategy, shots): mean, spread over seeds, and cost, sorted by shots then strategy."""
-    groups: dict[tuple[str, int | str], list[dict]] = {}
+    """One entry per (strategy, shots, budget): mean, spread over seeds, and cost, sorted by budget, shots, then
+    strategy."""
+    groups: dict[tuple[str, int | str, float | None], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["strategy"], row["shots"]), []).append(row)
+        groups.setdefault((row["strategy"], row["shots"], row_minutes(row)), []).append(row)
     summary = []
-    for (strategy, shots), members in groups.items():
+    for (strategy, shots, minutes), members in groups.items():
         accuracies = [row["test_accuracy"] for row in members]
         summary.append({
-            "strategy": strategy, "shots": shots, "images_per_class": members[0]["images_per_class"],
+            "strategy": strategy, "shots": shots, "minutes": minutes, "images_per_class": members[0]["images_per_class"],
             "runs": len(members), "mean_test_accuracy": statistics.fmean(accuracies),
             "std_test_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "min_test_accuracy": min(accuracies), "max_test_accuracy": max(accuracies),
             "mean_wall_seconds": statistics.fmean(row["wall_seconds"] for row in members),
+            "mean_cold_wall_seconds": statistics.fmean(_cold_seconds(row) for row in members),
             "mean_epochs": statistics.fmean(row["epochs"] for row in members),
             "trainable_parameters": members[0]["trainable_parameters"],
             "model": members[0].get("model"), "image_size": members[0].get("image_size"),
@@ -65,7 +75,14 @@ def summarize(rows: list[dict]) -> list[dict]:
             "probe_kept_runs": sum(_kept_probe(row) for row in members),
         })
     strategy_rank = {name: index for index, name in enumerate(NAMES)}
-    return sorted(summary, key=lambda entry: (shots_order(entry["shots"]), strategy_rank.get(entry["strategy"], 99)))
+    return sorted(summary, key=lambda entry: (_budget_order(entry["minutes"]), shots_order(entry["shots"]),
+                                              strategy_rank.get(entry["strategy"], 99)))
+
+
+def _cold_seconds(row: dict) -> float:
+    """A run's wall seconds on a fresh machine: what a cache saved it, charged (rows before format 3: as measured)."""
+    cold = row.get("cold_wall_seconds")
+    return float(cold) if isinstance(cold, (int, float)) and not isinstance(cold, bool) else row["wall_seconds"]
 
 
 def _within_spread(first: dict, second: dict) -> bool:
@@ -80,7 +97,20 @@ def _accuracy_text(entry: dict) -> str:
 
 
 def findings(summary: list[dict]) -> list[str]:
-    """Sentences a reader can check against the table: the winner per shot size, what pretraining is worth, cost."""
+    """Sentences a reader can check against the table. One budget: the winner per shot size, what pretraining is
+    worth, cost. Several: those at each budget (each sentence tagged with it), then where scratch overtakes transfer
+    and which recipes give the most accuracy for their time."""
+    budgets = sorted({entry["minutes"] for entry in summary}, key=_budget_order)
+    if len(budgets) <= 1:
+        return _findings_at_one_budget(summary)
+    sentences = []
+    for minutes in budgets:
+        sentences += [f"[{budget_text(minutes)}] {sentence}" for sentence in _findings_at_one_budget(
+            [entry for entry in summary if entry["minutes"] == minutes])]
+    return sentences + _scratch_against_transfer(summary) + _pareto_sentence(summary)
+
+
+def _findings_at_one_budget(summary: list[dict]) -> list[str]:
     by_shots: dict[int | str, list[dict]] = {}
     for entry in summary:
         by_shots.setdefault(entry["shots"], []).append(entry)
@@ -135,6 +165,73 @@ def _pretraining_gain(by_shots: dict) -> list[str]:
     return [sentence + "."]
 
 
+def _transfer_gains(summary: list[dict], shots) -> list[tuple[float, dict, dict, float]]:
+    """Per budget with both at this shot size: (minutes, scratch, the best pretrained entry, its points of gain)."""
+    gains = []
+    for minutes in sorted({entry["minutes"] for entry in summary}, key=_budget_order):
+        entries = [entry for entry in summary if entry["minutes"] == minutes and entry["shots"] == shots]
+        scratch = [entry for entry in entries if not _pretrained(entry)]
+        pretrained = [entry for entry in entries if _pretrained(entry)]
+        if scratch and pretrained:
+            best_scratch = max(scratch, key=lambda entry: entry["mean_test_accuracy"])
+            best = max(pretrained, key=lambda entry: entry["mean_test_accuracy"])
+            gains.append((minutes, best_scratch, best,
+                          (best["mean_test_accuracy"] - best_scratch["mean_test_accuracy"]) * 100))
+    return gains
+
+
+def _scratch_against_transfer(summary: list[dict]) -> list[str]:
+    """At each shot size run at several budgets: transfer's lead over scratch per budget, and where (if anywhere)
+    scratch overtakes it."""
+    sentences = []
+    for shots in sorted({entry["shots"] for entry in summary}, key=shots_order):
+        gains = _transfer_gains(summary, shots)
+        if len(gains) < 2:
+            continue
+        where = describe_shots(shots, gains[0][1]["images_per_class"])
+        sentence = (f"With {where}, the best transfer run against scratch ({gains[0][1].get('model') or 'scratch'}): "
+                    + ", ".join(f"{gain:+.1f} points at {budget_text(minutes)} ({best['strategy']})"
+                                for minutes, _, best, gain in gains) + ". ")
+        overtaken = [minutes for minutes, _, _, gain in gains if gain < 0]
+        if overtaken:
+            sentence += f"Scratch overtakes transfer at {', '.join(budget_text(minutes) for minutes in overtaken)}."
+        else:
+            minutes, _, _, gap = min(gains, key=lambda item: item[3])
+            sentence += (f"Scratch overtakes transfer at no budget measured; the gap is smallest at "
+                         f"{budget_text(minutes)} ({gap:.1f} points).")
+        sentences.append(sentence)
+    return sentences
+
+
+def pareto_front(entries: list[dict]) -> list[dict]:
+    """The entries no other beats in both accuracy and (cold) wall time, cheapest first."""
+    front, best = [], -1.0
+    for entry in sorted(entries, key=lambda entry: (entry["mean_cold_wall_seconds"], -entry["mean_test_accuracy"])):
+        if entry["mean_test_accuracy"] > best:
+            front.append(entry)
+            best = entry["mean_test_accuracy"]
+    return front
+
+
+def _at_largest_shots(summary: list[dict]) -> list[dict]:
+    largest = max((entry["shots"] for entry in summary), key=shots_order)
+    return [entry for entry in summary if entry["shots"] == largest]
+
+
+def recipe_label(entry: dict) -> str:
+    return f"{entry['strategy']}, {budget_text(entry['minutes'])}"
+
+
+def _pareto_sentence(summary: list[dict]) -> list[str]:
+    entries = _at_largest_shots(summary)
+    front = pareto_front(entries)
+    where = describe_shots(entries[0]["shots"], entries[0]["images_per_class"])
+    return [f"With {where}, the most accuracy for the wall time (features from a cache charged at what they cost): "
+            + " → ".join(f"{recipe_label(entry)} ({entry['mean_cold_wall_seconds'] / 60:.1f} min, "
+                         f"{entry['mean_test_accuracy']:.1%})" for entry in front)
+            + f"; {len(entries) - len(front)} of {len(entries)} recipes are off that front."]
+
+
 def _probe_first_gain(by_shots: dict) -> list[str]:
     """What fine-tuning from a trained probe (lp-ft) gains over fine-tuning a fresh head (finetune), at the fewest
     and at the most images: the probe's head keeps the first steps from distorting the pretrained features."""
@@ -169,38 +266,81 @@ def _probe_first_gain(by_shots: dict) -> list[str]:
 
 
 def _cost(entries: list[dict]) -> list[str]:
-    """At the largest shot size: how long the most accurate and the fastest strategy took."""
+    """At the largest shot size: how long the most accurate and the fastest strategy took on a fresh machine (the
+    features a cache gave charged at what they cost)."""
     if len(entries) < 2:
         return []
     best = max(entries, key=lambda entry: entry["mean_test_accuracy"])
-    fastest = min(entries, key=lambda entry: entry["mean_wall_seconds"])
+    fastest = min(entries, key=lambda entry: entry["mean_cold_wall_seconds"])
     where = describe_shots(best["shots"], best["images_per_class"])
     if best is fastest:
         return [f"With {where}, {best['strategy']} is both the most accurate and the fastest "
-                f"({best['mean_wall_seconds']:,.0f} s wall time per run)."]
-    return [f"With {where}, {fastest['strategy']} takes {fastest['mean_wall_seconds']:,.0f} s for "
-            f"{fastest['mean_test_accuracy']:.1%}; {best['strategy']} takes {best['mean_wall_seconds']:,.0f} s "
+                f"({best['mean_cold_wall_seconds']:,.0f} s wall time per run)."]
+    return [f"With {where}, {fastest['strategy']} takes {fastest['mean_cold_wall_seconds']:,.0f} s for "
+            f"{fastest['mean_test_accuracy']:.1%}; {best['strategy']} takes {best['mean_cold_wall_seconds']:,.0f} s "
             f"for {best['mean_test_accuracy']:.1%}."]
 
 
+def _at_largest_budget(rows: list[dict]) -> list[dict]:
+    """Of each (strategy, shots), the rows at its largest budget."""
+    largest: dict[tuple, float] = {}
+    for row in rows:
+        key = (row["strategy"], row["shots"])
+        largest[key] = max(largest.get(key, -1.0), _budget_order(row_minutes(row)))
+    return [row for row in rows if _budget_order(row_minutes(row)) == largest[row["strategy"], row["shots"]]]
+
+
+BUDGET_LINES = ("-", "--", ":", "-.")
+
+
 def plot_accuracy_vs_shots(summary: list[dict], rows: list[dict], path: Path) -> Path:
-    """Mean test accuracy (error bars: std over seeds; dots: single runs) vs images per class, log scale."""
+    """Mean test accuracy (error bars: std over seeds; dots: single runs) vs images per class, log scale: one line per
+    strategy and budget."""
     figure = new_figure(7, 4.5)
     axes = figure.subplots()
-    for strategy in dict.fromkeys(entry["strategy"] for entry in summary):
-        entries = [entry for entry in summary if entry["strategy"] == strategy]
+    budgets = sorted({entry["minutes"] for entry in summary}, key=_budget_order)
+    for strategy, minutes in dict.fromkeys((entry["strategy"], entry["minutes"]) for entry in summary):
+        entries = [entry for entry in summary if (entry["strategy"], entry["minutes"]) == (strategy, minutes)]
         axes.errorbar([entry["images_per_class"] for entry in entries], [entry["mean_test_accuracy"] for entry in entries],
-                      yerr=[entry["std_test_accuracy"] for entry in entries], marker="o", capsize=3, label=strategy,
-                      color=_colour(strategy))
-        singles = [row for row in rows if row["strategy"] == strategy]
+                      yerr=[entry["std_test_accuracy"] for entry in entries], marker="o", capsize=3,
+                      label=strategy if len(budgets) == 1 else f"{strategy}, {budget_text(minutes)}",
+                      color=_colour(strategy), linestyle=BUDGET_LINES[budgets.index(minutes) % len(BUDGET_LINES)])
+        singles = [row for row in rows if row["strategy"] == strategy and row_minutes(row) == minutes]
         axes.scatter([row["images_per_class"] for row in singles], [row["test_accuracy"] for row in singles], s=10,
                      alpha=0.35, color=_colour(strategy))
-    axes.set_xscale("log")
+    log_x(axes)
     axes.set_xlabel("training images per class (log scale)")
     axes.set_ylabel("test accuracy")
     axes.set_title("When does transfer learning work?")
     axes.grid(alpha=0.3, which="both")
-    axes.legend()
+    axes.legend(fontsize=8 if len(budgets) == 1 else 6, ncol=1 if len(budgets) == 1 else 2)
+    return save_png(figure, path)
+
+
+def plot_pareto(summary: list[dict], path: Path) -> Path:
+    """Test accuracy vs wall minutes (log scale) of every recipe at the largest shot size, each point labelled with
+    its strategy and budget, and the front of those no other beats in both."""
+    entries = _at_largest_shots(summary)
+    figure = new_figure(8, 5)
+    axes = figure.subplots()
+    for strategy in dict.fromkeys(entry["strategy"] for entry in entries):
+        own = [entry for entry in entries if entry["strategy"] == strategy]
+        axes.errorbar([entry["mean_cold_wall_seconds"] / 60 for entry in own],
+                      [entry["mean_test_accuracy"] for entry in own], yerr=[entry["std_test_accuracy"] for entry in own],
+                      fmt="o", capsize=3, color=_colour(strategy), label=f"{strategy} ({own[0].get('model') or '?'})")
+    for entry in (entry for entry in entries if entry["minutes"] is not None):
+        axes.annotate(budget_text(entry["minutes"]), (entry["mean_cold_wall_seconds"] / 60, entry["mean_test_accuracy"]),
+                      textcoords="offset points", xytext=(5, -10), fontsize=7, color=_colour(entry["strategy"]))
+    front = pareto_front(entries)
+    axes.step([entry["mean_cold_wall_seconds"] / 60 for entry in front], [entry["mean_test_accuracy"] for entry in front],
+              where="post", color="black", alpha=0.5, linewidth=1, label="front: best accuracy for the time")
+    log_x(axes)
+    axes.set_xlabel("wall minutes of the whole run, log scale (features from a cache charged at what they cost)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(f"Accuracy for the time, {describe_shots(entries[0]['shots'], entries[0]['images_per_class'])}",
+                   fontsize=10)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
     return save_png(figure, path)
 
 
@@ -252,7 +392,7 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
         runs.scatter([row["wall_seconds"] for row in own], [row["test_accuracy"] for row in own], label=strategy,
                      color=_colour(strategy), s=[12 + 6 * math.log2(1 + row["images_per_class"]) for row in own],
                      alpha=0.7)
-    runs.set_xscale("log")
+    log_x(runs)
     runs.set_title("Every run (marker size: images per class)", fontsize=9)
     runs.set_xlabel("wall seconds of the whole run (log scale)")
     runs.set_ylabel("test accuracy")
@@ -263,11 +403,12 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
 
 
 def summary_table_markdown(summary: list[dict]) -> str:
-    lines = ["| strategy | model (px) | images per class | runs | test accuracy | spread (min–max) | epochs | wall s | "
-             "trainable parameters |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| budget | strategy | model (px) | images per class | runs | test accuracy | spread (min–max) | epochs | "
+             "wall s | trainable parameters |", "|---|---|---|---|---|---|---|---|---|---|"]
     for entry in summary:
         shots = entry["shots"]
-        lines.append(f"| {entry['strategy']} | {entry.get('model') or '?'} ({entry.get('image_size') or '?'}) | "
+        lines.append(f"| {budget_text(entry['minutes'])} | {entry['strategy']} | "
+                     f"{entry.get('model') or '?'} ({entry.get('image_size') or '?'}) | "
                      f"{shots} ({entry['images_per_class']:,.0f}) | {entry['runs']} | "
                      f"{entry['mean_test_accuracy']:.2%} | {entry['min_test_accuracy']:.1%}–{entry['max_test_accuracy']:.1%} "
                      f"| {entry['mean_epochs']:.0f} | {entry['mean_wall_seconds']:,.0f} | {entry['trainable_parameters']:,} |")
@@ -276,8 +417,9 @@ def summary_table_markdown(summary: list[dict]) -> str:
 
 STUDY_PLOT_WRITERS = {  # each of STUDY_PLOTS (named in folder/files.py), from the summary and the rows
     SHOTS_PLOT: plot_accuracy_vs_shots,
-    EPOCH_PLOT: lambda summary, rows, path: plot_accuracy_vs_epoch(rows, path),
-    TIME_PLOT: lambda summary, rows, path: plot_accuracy_vs_time(rows, path),
+    EPOCH_PLOT: lambda summary, rows, path: plot_accuracy_vs_epoch(_at_largest_budget(rows), path),
+    TIME_PLOT: lambda summary, rows, path: plot_accuracy_vs_time(_at_largest_budget(rows), path),
+    PARETO_PLOT: lambda summary, rows, path: plot_pareto(summary, path),
 }
 assert set(STUDY_PLOT_WRITERS) == set(STUDY_PLOTS)
 
@@ -300,8 +442,9 @@ def study_overview(study: dict, summary: list[dict], served_run: str,
     """The study's question, runs, budget and findings as Markdown lines: the study card's and the Study tab's.
     quote and plain render values read from study.json (the app escapes them)."""
     training, settings, rows = study["training"], study["study"], study["rows"]
-    budget = (f"{int(training.get('epochs', 0))} epochs" if settings.get("budget") == "epochs"
-              else f"{float(settings.get('minutes', 0)):g} minutes of training")
+    minutes = sorted({row_minutes(row) for row in rows} - {None})
+    budget = (f"{', '.join(f'{value:g}' for value in minutes)} minutes of training" if minutes
+              else f"{int(training.get('epochs', 0))} epochs")
     size = training.get("image_size")
     lines = [f"When does transfer learning work? {quote(training.get('model'))} on {quote(training.get('dataset'))}: "
              f"{len(rows)} of {int(study.get('planned_runs', len(rows)))} runs finished, each with the same budget "

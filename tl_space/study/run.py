@@ -1,7 +1,8 @@
-"""Study mode: when does transfer learning work? Every strategy at every few-shot size, one budget, one command.
+"""Study mode: when does transfer learning work? Every strategy at every few-shot size and budget, one command.
 
     accelerate launch -m tl_space.study --strategies scratch,linear-probe,partial,finetune,lp-ft \\
         --shots-per-class 1,5,10,50,500,all --model ... --output-dir studies/cifar10
+    accelerate launch -m tl_space.study --budget minutes --minutes 1,5,15,60 --scratch-recipe speedrun ...
 
 Each run is a normal model folder under <output-dir>/runs/; study.json, the plots and README.md sit beside them.
 Rerunning the command skips finished runs and resumes an interrupted one from its last epoch.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +27,18 @@ from tl_space.errors import UserError, exit_code
 from tl_space.folder.files import CHECKPOINT_DIR, RUNS_DIR, differing_settings
 from tl_space.folder.metrics import read_metrics
 from tl_space.folder.study import ALL_SHOTS, Shots, StudyRow, shots_order, study_row
-from tl_space.settings import (IMAGE_TRAINING_OPTIONS, SETTING_DEFAULTS, TrainSettings, add_arguments, check_settings,
-                              describe_defaults, option, with_machine_defaults)
+from tl_space.settings import (IMAGE_TRAINING_OPTIONS, RECIPES, SETTING_DEFAULTS, MixedPrecision, TrainSettings,
+                              add_arguments, check_settings, describe_defaults, option, recipe_options,
+                              with_machine_defaults)
 from tl_space.strategies import NAMES, STRATEGIES
 from tl_space.study.report import write_study_files
 from tl_space.training import checkpoint
+from tl_space.training.precision import accelerator_precision, shared_precision
 from tl_space.training.run import make_accelerator, run
 
 BUDGETS = ("epochs", "minutes")
+# The study's budget, not the recipe's, decides how long its scratch runs train.
+SCRATCH_RECIPE_SKIPS = ("strategy", "epochs")
 STUDY_MIN_EPOCH_IMAGES = 2048
 # Training options the study sets per run (or for the whole study folder), so they are not options of the study.
 STUDY_DECIDES = ("strategy", "shots_per_class", "train_fraction", "max_train_minutes", "split_seed", "output_dir",
@@ -52,7 +58,12 @@ class StudySettings:
     budget: str = option("epochs", "what every run gets the same amount of: epochs (--epochs; lp-ft also "
                                    "--probe-epochs) or minutes (--minutes of training each; --epochs is then a cap)",
                          choices=BUDGETS)
-    minutes: float = option(5.0, "with --budget minutes: training minutes per run, validation included")
+    minutes: str = option("5", "with --budget minutes: comma-separated training minutes per run, validation "
+                               "included; every strategy runs at each (e.g. 1,5,15,60)")
+    few_shot_minutes: float = option(5.0, "with --budget minutes: few-shot sizes run at the budgets up to this many "
+                                          "minutes only; all images run at every budget")
+    scratch_recipe: str | None = option(None, "a named recipe of --recipe for the scratch runs (speedrun: airbench's "
+                                        "network and recipe); it replaces --scratch-model and --scratch-image-size")
     scratch_model: str | None = option("tl_scratch_cnn", "the model scratch runs train (a network built for small "
                                        "images: tl_scratch_cnn); none: the shared --model")
     scratch_image_size: int | None = option(32, "the image size of scratch runs; 0: the shared --image-size")
@@ -68,14 +79,16 @@ class PlannedRun:
     strategy: str
     shots: Shots
     seed: int
+    minutes: float | None = None  # its training budget with --budget minutes; None: the epochs budget
 
     @property
     def name(self) -> str:
         shots = ALL_SHOTS if self.shots == ALL_SHOTS else f"{self.shots}shot"
-        return f"{RUNS_DIR}/{self.strategy}-{shots}-seed{self.seed}"
+        budget = "" if self.minutes is None else f"-{self.minutes:g}min"
+        return f"{RUNS_DIR}/{self.strategy}-{shots}{budget}-seed{self.seed}"
 
     def row(self, metrics: dict) -> StudyRow:
-        return study_row(self.name, self.strategy, self.shots, self.seed, metrics)
+        return study_row(self.name, self.strategy, self.shots, self.seed, self.minutes, metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,33 +133,67 @@ def parse_shots(text: str) -> list[Shots]:
     return sorted(shots, key=shots_order)
 
 
+def parse_minutes(text: str) -> list[float]:
+    """Budgets in minutes, smallest first."""
+    budgets = set()
+    for part in (part.strip() for part in str(text).split(",") if part.strip()):
+        try:
+            minutes = float(part)
+        except ValueError:
+            minutes = math.nan
+        if not math.isfinite(minutes) or minutes <= 0:
+            raise UserError(f"--minutes {text!r}: {part!r} is not a positive number of minutes")
+        budgets.add(minutes)
+    if not budgets:
+        raise UserError("--minutes is empty; give budgets such as 1,5,15,60")
+    return sorted(budgets)
+
+
+def budgets_of(study: StudySettings) -> list[float | None]:
+    """Each budget every strategy runs at: minutes, or the one epochs budget (None)."""
+    return parse_minutes(study.minutes) if study.budget == "minutes" else [None]
+
+
 def check_study(study: StudySettings) -> None:
     """Stop before any work on study options that can never be right."""
     parse_strategies(study.strategies)
     parse_shots(study.shots_per_class)
     if study.budget not in BUDGETS:
         raise UserError(f"--budget {study.budget!r} is not one of {', '.join(BUDGETS)}")
-    if study.seeds <= 0 or study.repeat_up_to < 0 or study.minutes <= 0:
-        raise UserError("--seeds and --minutes must be greater than 0, --repeat-up-to not negative")
+    parse_minutes(study.minutes)
+    if study.seeds <= 0 or study.repeat_up_to < 0 or not study.few_shot_minutes > 0:
+        raise UserError("--seeds and --few-shot-minutes must be greater than 0, --repeat-up-to not negative")
+    if study.scratch_recipe is not None and study.scratch_recipe not in (*RECIPES, "none"):
+        raise UserError(f"--scratch-recipe {study.scratch_recipe!r} is not one of {', '.join(RECIPES)}")
     if study.training.recipe is not None:
         raise UserError(f"--recipe {study.training.recipe} sets one run's strategy and model; a study's runs take theirs "
-                        "from --strategies, its scratch row from --scratch-model and --scratch-image-size "
-                        "(e.g. tl_speedrun_cnn at 32)")
-    for strategy in parse_strategies(study.strategies):  # each as its runs will be set up
-        check_settings(run_settings(study, PlannedRun(strategy, ALL_SHOTS, study.training.seed)))
+                        "from --strategies, its scratch row from --scratch-recipe (e.g. speedrun) or --scratch-model "
+                        "and --scratch-image-size")
+    each_strategy = [run_settings(study, PlannedRun(strategy, ALL_SHOTS, study.training.seed, budgets_of(study)[0]))
+                     for strategy in parse_strategies(study.strategies)]  # each as its runs will be set up
+    for settings in each_strategy:
+        check_settings(settings)
+    shared_precision([str(settings.mixed_precision) for settings in each_strategy])
 
 
 def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRun], list[str]]:
-    """Every (strategy, shots, seed) to run, and a note for each shot size the data cannot give."""
+    """Every (strategy, shots, seed, budget) to run, smallest budget first, and a note for each shot size the data
+    cannot give."""
     runs, skipped = [], []
     base_seed = study.training.seed
+    shot_sizes = []
     for shots in parse_shots(study.shots_per_class):
         if shots != ALL_SHOTS and shots > smallest_class:
             skipped.append(f"{shots} images per class: the smallest class has {smallest_class} for training")
-            continue
-        repeats = study.seeds if shots != ALL_SHOTS and shots <= study.repeat_up_to else 1
-        for strategy in parse_strategies(study.strategies):
-            runs += [PlannedRun(strategy, shots, base_seed + repeat) for repeat in range(repeats)]
+        else:
+            shot_sizes.append(shots)
+    for minutes in budgets_of(study):
+        for shots in shot_sizes:
+            if shots != ALL_SHOTS and minutes is not None and minutes > study.few_shot_minutes:
+                continue
+            repeats = study.seeds if shots != ALL_SHOTS and shots <= study.repeat_up_to else 1
+            for strategy in parse_strategies(study.strategies):
+                runs += [PlannedRun(strategy, shots, base_seed + repeat, minutes) for repeat in range(repeats)]
     return runs, skipped
 
 
@@ -171,16 +218,23 @@ def run_settings(study: StudySettings, planned: PlannedRun) -> TrainSettings:
     own = {} if strategy.probe_first else {"head_init": "zero"}  # --head-init class-means: for the probes only
     if strategy.image_stage is None:  # regularisation of training on images: for the strategies that do
         own.update({name: SETTING_DEFAULTS[name] for name in IMAGE_TRAINING_OPTIONS})
-    if not strategy.pretrained:  # scratch: a network and size of its own, as in the classic baselines
+    recipe = recipe_options(study.scratch_recipe) if study.scratch_recipe in RECIPES else {}
+    if not strategy.pretrained and recipe:  # scratch: the recipe's network, size and options, the study's budget
+        own.update({name: value for name, value in recipe.items() if name not in SCRATCH_RECIPE_SKIPS},
+                   pretrained_file=None)
+    elif not strategy.pretrained:  # scratch: a network and size of its own, as in the classic baselines
         if study.scratch_model and study.scratch_model.lower() != "none":
             own.update(model=study.scratch_model, pretrained_file=None)
         if study.scratch_image_size:
             own.update(image_size=study.scratch_image_size)
+    elif recipe.get("mixed_precision") and study.training.mixed_precision == MixedPrecision.AUTO:
+        # The runs share one accelerator, in the scratch recipe's precision: the others keep this machine's own.
+        own.update(mixed_precision=accelerator_precision(MixedPrecision.AUTO) or MixedPrecision.NO)
     return dataclasses.replace(
         study.training, **own, strategy=planned.strategy,
         shots_per_class=None if planned.shots == ALL_SHOTS else planned.shots, train_fraction=None,
         seed=planned.seed, split_seed=study.training.seed, output_dir=str(run_dir),
-        max_train_minutes=study.minutes if study.budget == "minutes" else None,
+        max_train_minutes=planned.minutes,
         resume=checkpoint.find_checkpoint(run_dir / CHECKPOINT_DIR) is not None,
         push_to_hub=False, hub_model_id=None, private=False)
 
@@ -203,8 +257,8 @@ def run_study(study: StudySettings) -> Path:
     if not runs:
         raise UserError(f"--shots-per-class {study.shots_per_class!r} leaves nothing to run: " + "; ".join(skipped))
     # One accelerator for all runs (one process group); the dataset decoded once for every run.
-    accelerator: Accelerator = make_accelerator(study.training.mixed_precision, study.training.report_to,
-                                                str(output_dir))
+    precision = shared_precision([str(run_settings(study, planned).mixed_precision) for planned in runs])
+    accelerator: Accelerator = make_accelerator(precision, study.training.report_to, str(output_dir))
     on_gpu = accelerator.device.type != "cpu"
     training, picked = with_machine_defaults(study.training, on_gpu)  # once: every run shares them
     study = dataclasses.replace(study, training=training)
@@ -237,8 +291,8 @@ def run_study(study: StudySettings) -> Path:
 def study_settings_record(study: StudySettings) -> dict:
     """The study's own settings as study.json records them, with no path of this machine."""
     settings = {name: getattr(study, name) for name in ("strategies", "shots_per_class", "seeds", "repeat_up_to",
-                                                        "budget", "minutes", "scratch_model", "scratch_image_size",
-                                                        "output_dir")}
+                                                        "budget", "minutes", "few_shot_minutes", "scratch_recipe",
+                                                        "scratch_model", "scratch_image_size", "output_dir")}
     settings["output_dir"] = Path(study.output_dir).name
     return settings
 

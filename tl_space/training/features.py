@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tl_space import caches
 from tl_space import model as model_module
 from tl_space.data import LabelledImages
 from tl_space.training.batches import image_inputs, predict
+from tl_space.training.precision import run_precision
 from tl_space.transforms import Preprocessing
 
 
@@ -63,6 +65,9 @@ class FrozenFeatures:
     cache_folder: Path | None
 
     def __post_init__(self) -> None:
+        # Seconds the cache saved: what computing the features it gave took when they were made. A study charges
+        # them to its runs, so a run that found them is timed as one on a fresh machine would be.
+        self.saved_seconds = 0.0
         self.fingerprint = caches.backbone_fingerprint(self.model)
         # The timm name, not just the class: tf_efficientnet_lite0 and efficientnet_lite0 share weights' shapes only.
         self.architecture = self.model.pretrained_cfg.get("architecture", type(self.model).__name__)
@@ -70,13 +75,20 @@ class FrozenFeatures:
     def __call__(self, split: LabelledImages) -> torch.Tensor:
         accelerator = self.accelerator
         key = caches.features_key(self.fingerprint, self.architecture, self.preprocessing,
-                                  str(accelerator.mixed_precision), caches.images_fingerprint(split.images))
-        stored, hit = caches.cached_tensors(self.cache_folder, key, lambda: {"features": self._compute(split)},
+                                  run_precision(accelerator), caches.images_fingerprint(split.images))
+        stored, hit = caches.cached_tensors(self.cache_folder, key, lambda: self._compute_timed(split),
                                             write=accelerator.is_main_process)
         accelerator.wait_for_everyone()  # the file is whole before any process looks for the next one
         if hit and accelerator.is_main_process:
             tqdm.write(f"features of {len(split)} images from the cache ({self.cache_folder})")
+        if hit:
+            self.saved_seconds += float(stored.get("seconds", torch.zeros(())))
         return stored["features"].to(accelerator.device)
+
+    def _compute_timed(self, split: LabelledImages) -> dict[str, torch.Tensor]:
+        started = time.perf_counter()
+        features = self._compute(split)
+        return {"features": features, "seconds": torch.tensor(time.perf_counter() - started, dtype=torch.float64)}
 
     def _compute(self, split: LabelledImages) -> torch.Tensor:
         inputs = image_inputs(split.images.to(self.accelerator.device), self.preprocessing, generator=None)

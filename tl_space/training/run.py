@@ -33,6 +33,7 @@ from tl_space.training.calibration import calibration_report
 from tl_space.training.evaluation import (classification_metrics, final_logits, flip_tta_report,
                                           misclassified_records)
 from tl_space.training.features import FrozenFeatures
+from tl_space.training.precision import accelerator_precision, run_precision, use_run_precision
 from tl_space.training.loop import (L2_GRID, BestModel, LoopSettings, RunState, Stage, estimate_stage_seconds,
                                    fit_head_stage, train_stage)
 from tl_space.training.regularisation import Regularisation
@@ -102,6 +103,7 @@ class RunPlan:
     regularisation: Regularisation  # of the stages on images
     start_size: int | None  # progressive resizing: the stages on images start at this size; None: off
     threads: int | None  # torch's CPU threads per process; None on a GPU: left as they are
+    mixed_precision: str  # --mixed-precision: auto is the accelerator's
     images_cache: Path | None
     features_cache: Path | None
     measure_flip_tta: bool
@@ -156,6 +158,7 @@ def resolve(settings: TrainSettings, device: torch.device, local_processes: int 
         start_size=settings.progressive_resize,
         # `accelerate launch` without a config sets OMP_NUM_THREADS=1 for CPU runs: torch would use one core.
         threads=(settings.threads or cpu_threads(local_processes)) if on_cpu else None,
+        mixed_precision=str(settings.mixed_precision),
         images_cache=caches.cache_folder(settings.cache_dir, "images"),
         features_cache=caches.cache_folder(settings.cache_dir, "features"),
         measure_flip_tta=settings.flip_tta != FlipTTA.OFF,
@@ -212,16 +215,11 @@ def make_accelerator(mixed_precision: str, report_to: str | None, project_dir: s
     """The Accelerator of a run (or of every run of a study): bf16 on a GPU that has it when mixed_precision is auto.
     Trackers write under project_dir/logs/, which the finished folder keeps."""
     check_trackers(report_to)
-    precision = None  # None: what `accelerate launch` / `accelerate config` chose
-    if mixed_precision != "auto":
-        precision = mixed_precision
-    elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        precision = "bf16"
     return Accelerator(
         # On a machine with no GPU, processes started by torchrun / `accelerate launch --multi_gpu` join one
         # CPU (gloo) process group; accelerate only does that when told it runs on the CPU.
         cpu=not torch.accelerator.is_available(),
-        mixed_precision=precision,
+        mixed_precision=accelerator_precision(mixed_precision),
         log_with=tracker_names(report_to) or None,
         project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=str(Path(project_dir) / LOGS_DIR)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -524,9 +522,10 @@ def metrics_of_run(accelerator: Accelerator, plan: RunPlan, prepared: PreparedMo
         total_parameters=sum(p.numel() for p in model.parameters()),
         timing={"total_seconds": time.perf_counter() - started, "data_seconds": data_seconds,
                 "training_seconds": training_seconds, "evaluation_seconds": evaluation.seconds,
+                "feature_cache_saved_seconds": data.frozen_features.saved_seconds if data.frozen_features else 0.0,
                 "train_images_per_second": len(splits.train) * len(history) / max(training_seconds, 1e-9)},
         hardware={"device": str(accelerator.device), "processes": accelerator.num_processes,
-                  "mixed_precision": accelerator.mixed_precision,
+                  "mixed_precision": run_precision(accelerator),
                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     )
 
@@ -564,8 +563,10 @@ def run(settings: TrainSettings, accelerator: Accelerator | None = None,
     """
     # Settings, resolved once: from here on only the plan is read.
     owns_accelerator = accelerator is None
-    accelerator = accelerator or make_accelerator(settings.mixed_precision, settings.report_to, settings.output_dir)
+    accelerator = accelerator or make_accelerator(with_recipe(settings)[0].mixed_precision, settings.report_to,
+                                                  settings.output_dir)
     plan = plan_run(settings, accelerator)
+    use_run_precision(accelerator, plan.mixed_precision)
     output_dir = check_output_dir(plan.output_dir, plan.published_settings, plan.overwrite, plan.resume)
     if plan.hub_model_id:  # a missing or read-only token must not cost a training run
         hub.check_push_access(plan.hub_model_id)

@@ -9,15 +9,15 @@ from tl_space.folder.files import STUDY_PLOTS
 from tl_space.folder.read import public_plots
 from tl_space.folder.study import load_study
 from tl_space.markdown import code, text
-from tl_space.study.report import study_overview, summarize
+from tl_space.study.report import budget_text, study_overview, summarize
 
-STUDY_HEADERS = ["strategy", "model", "shots per class", "images per class", "runs", "test accuracy (%)", "spread (± %)",
-                 "wall seconds", "trainable parameters"]
+STUDY_HEADERS = ["budget", "strategy", "model", "shots per class", "images per class", "runs", "test accuracy (%)",
+                 "spread (± %)", "wall seconds", "trainable parameters"]
 
 
 def study_table(summary: list[dict]) -> list[list]:
     # A Dataframe's str cells are shown as text, not Markdown: no escaping, only a bound on the length.
-    return [[entry["strategy"], f"{str(entry.get('model') or '?')[:100]} ({str(entry.get('image_size') or '?')[:8]} px)",
+    return [[budget_text(entry["minutes"]), entry["strategy"], f"{str(entry.get('model') or '?')[:100]} ({str(entry.get('image_size') or '?')[:8]} px)",
              entry["shots"],
              round(entry["images_per_class"]), entry["runs"],
              round(entry["mean_test_accuracy"] * 100, 2), round(entry["std_test_accuracy"] * 100, 2),
@@ -35,7 +35,7 @@ def build(served: ServedModel) -> None:
     plots = public_plots(served.study_folder, STUDY_PLOTS, "the study")
     with gr.Tab("Study"):
         gr.Markdown("\n".join(["### The study", *study_overview(study, summary, str(served_run), code, text)]))
-        gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size",
+        gr.Dataframe(study_table(summary), headers=STUDY_HEADERS, label="Every strategy at every shot size and budget",
                      interactive=False)
         for file, title in STUDY_PLOTS.items():
             if file in plots:

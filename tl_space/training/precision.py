@@ -1,0 +1,47 @@
+"""The precision a run computes in: the accelerator's, or fp32 where runs of one process (a study) share an
+accelerator made for a run that wants bf16 (the speedrun net gains 2.3x from bf16 on a CPU with AMX, while the
+EfficientNet-Lites lose a fifth: bench/bench_backbone_step.py)."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import AutocastKwargs
+
+from tl_space.errors import UserError
+from tl_space.settings import MixedPrecision
+
+REDUCED = (MixedPrecision.BF16, MixedPrecision.FP16)
+
+
+def accelerator_precision(wanted: str) -> str | None:
+    """What an Accelerator is built with for --mixed-precision: auto is bf16 on a GPU that has it, else None (what
+    `accelerate launch` / `accelerate config` chose)."""
+    if wanted != MixedPrecision.AUTO:
+        return str(wanted)
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+
+
+def shared_precision(wanted: list[str]) -> str:
+    """The one precision for an accelerator that runs with these --mixed-precision values share: a reduced one if
+    any asks for it (the others then compute in fp32 under it), else auto."""
+    reduced = {MixedPrecision(value) for value in wanted} & set(REDUCED)
+    if len(reduced) > 1:
+        raise UserError(f"runs of one process can share one reduced precision, not {sorted(map(str, reduced))}")
+    return str(reduced.pop()) if reduced else str(MixedPrecision.AUTO)
+
+
+def use_run_precision(accelerator: Accelerator, wanted: str) -> None:
+    """Set the accelerator's autocast for this run: off where the run asks for fp32 (no) of an accelerator made in a
+    reduced precision for another run, else the accelerator's own (accelerate's documented override)."""
+    current = str(accelerator.mixed_precision)
+    if wanted in REDUCED and current != wanted:
+        raise UserError(f"--mixed-precision {wanted}: the runs share an accelerator that computes in {current}")
+    turned_off = wanted == MixedPrecision.NO and current in REDUCED
+    accelerator.autocast_handler = AutocastKwargs(enabled=False) if turned_off else None
+
+
+def run_precision(accelerator: Accelerator) -> str:
+    """The precision the current run's autocast computes in: no, bf16 or fp16."""
+    handler = accelerator.autocast_handler
+    return MixedPrecision.NO.value if handler is not None and not handler.enabled else str(accelerator.mixed_precision)

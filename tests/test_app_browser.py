@@ -9,6 +9,7 @@ import pytest
 
 from conftest import CLASS_NAMES
 from support.local_app import running_app, wait_for_images
+from tl_space.folder.files import STUDY_PLOTS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -85,8 +86,8 @@ def test_study_tab_shows_findings_table_and_plots(study_app_url, tiny_study, pag
     # the table's cells are text: a model name's underscores shown as they are, not escaped for Markdown
     model_cell = f"{first_row['model']} ({first_row['image_size']} px)"
     expect(page.get_by_role("gridcell", name=model_cell, exact=True).first).to_be_visible()
-    wait_for_images(page, ".study-plot img", count=3)
-    assert page.locator(".study-plot img").count() == 3
+    wait_for_images(page, ".study-plot img", count=len(STUDY_PLOTS))
+    assert page.locator(".study-plot img").count() == len(STUDY_PLOTS)
     page.screenshot(path=str(screenshots / "study.png"), full_page=True)
     assert (screenshots / "study.png").stat().st_size > 10_000
 

@@ -91,6 +91,11 @@ def _within_spread(first: dict, second: dict) -> bool:
                                                                                   second["std_test_accuracy"])
 
 
+def _points(value: float, sign: str = "") -> str:
+    """Percentage points to one decimal, or two where one would read as 0.0."""
+    return f"{value:{sign}.2f}" if abs(value) < 0.05 else f"{value:{sign}.1f}"
+
+
 def _accuracy_text(entry: dict) -> str:
     spread = f" ± {entry['std_test_accuracy']:.1%} over {entry['runs']} seeds" if entry["runs"] > 1 else ""
     return f"{entry['mean_test_accuracy']:.1%}{spread}"
@@ -126,7 +131,7 @@ def _findings_at_one_budget(summary: list[dict]) -> list[str]:
         runner_up = ranked[1]
         margin = (best["mean_test_accuracy"] - runner_up["mean_test_accuracy"]) * 100
         close = " (within the spread over seeds)" if _within_spread(best, runner_up) else ""
-        sentences.append(f"{where}: {best['strategy']} wins with {_accuracy_text(best)}, {margin:.1f} points ahead "
+        sentences.append(f"{where}: {best['strategy']} wins with {_accuracy_text(best)}, {_points(margin)} points ahead "
                          f"of {runner_up['strategy']} ({runner_up['mean_test_accuracy']:.1%}){close}.")
     sentences += _pretraining_gain(by_shots)
     sentences += _probe_first_gain(by_shots)
@@ -157,10 +162,10 @@ def _pretraining_gain(by_shots: dict) -> list[str]:
     if not gains:
         return []
     (shots, best, gain), (last_shots, last_best, last_gain) = gains[0], gains[-1]
-    sentence = (f"Against training from scratch, the best pretrained strategy gains {gain:+.1f} points with "
+    sentence = (f"Against training from scratch, the best pretrained strategy gains {_points(gain, '+')} points with "
                 f"{describe_shots(shots, best['images_per_class'])} ({best['strategy']})")
     if len(gains) > 1:
-        sentence += (f" and {last_gain:+.1f} points with {describe_shots(last_shots, last_best['images_per_class'])} "
+        sentence += (f" and {_points(last_gain, '+')} points with {describe_shots(last_shots, last_best['images_per_class'])} "
                      f"({last_best['strategy']})")
     return [sentence + "."]
 
@@ -190,7 +195,7 @@ def _scratch_against_transfer(summary: list[dict]) -> list[str]:
             continue
         where = describe_shots(shots, gains[0][1]["images_per_class"])
         sentence = (f"With {where}, the best transfer run against scratch ({gains[0][1].get('model') or 'scratch'}): "
-                    + ", ".join(f"{gain:+.1f} points at {budget_text(minutes)} ({best['strategy']})"
+                    + ", ".join(f"{_points(gain, '+')} points at {budget_text(minutes)} ({best['strategy']})"
                                 for minutes, _, best, gain in gains) + ". ")
         overtaken = [minutes for minutes, _, _, gain in gains if gain < 0]
         if overtaken:
@@ -198,7 +203,7 @@ def _scratch_against_transfer(summary: list[dict]) -> list[str]:
         else:
             minutes, _, _, gap = min(gains, key=lambda item: item[3])
             sentence += (f"Scratch overtakes transfer at no budget measured; the gap is smallest at "
-                         f"{budget_text(minutes)} ({gap:.1f} points).")
+                         f"{budget_text(minutes)} ({_points(gap)} points).")
         sentences.append(sentence)
     return sentences
 
@@ -248,7 +253,7 @@ def _probe_first_gain(by_shots: dict) -> list[str]:
 
     def gain_text(shots, entry, gain, close, fresh_name) -> str:
         spread = " (within the spread over seeds)" if close else ""
-        return f"{gain:+.1f} points with {describe_shots(shots, entry['images_per_class'])}{spread}"
+        return f"{_points(gain, '+')} points with {describe_shots(shots, entry['images_per_class'])}{spread}"
     sentence = f"{gains[0][1]['strategy']} against {gains[0][4]}: " + gain_text(*gains[0])
     if len(gains) > 1:
         sentence += ", " + gain_text(*gains[-1])
@@ -328,9 +333,13 @@ def plot_pareto(summary: list[dict], path: Path) -> Path:
         axes.errorbar([entry["mean_cold_wall_seconds"] / 60 for entry in own],
                       [entry["mean_test_accuracy"] for entry in own], yerr=[entry["std_test_accuracy"] for entry in own],
                       fmt="o", capsize=3, color=_colour(strategy), label=f"{strategy} ({own[0].get('model') or '?'})")
+    budgets_at: dict[tuple, list[float]] = {}  # a probe gives the same point at every budget: one label for all
     for entry in (entry for entry in entries if entry["minutes"] is not None):
-        axes.annotate(budget_text(entry["minutes"]), (entry["mean_cold_wall_seconds"] / 60, entry["mean_test_accuracy"]),
-                      textcoords="offset points", xytext=(5, -10), fontsize=7, color=_colour(entry["strategy"]))
+        point = (entry["strategy"], round(entry["mean_cold_wall_seconds"] / 60, 2), entry["mean_test_accuracy"])
+        budgets_at.setdefault(point, []).append(entry["minutes"])
+    for (strategy, minutes, accuracy), budgets in budgets_at.items():
+        axes.annotate(", ".join(f"{budget:g}" for budget in budgets) + " min", (minutes, accuracy),
+                      textcoords="offset points", xytext=(5, -10), fontsize=7, color=_colour(strategy))
     front = pareto_front(entries)
     axes.step([entry["mean_cold_wall_seconds"] / 60 for entry in front], [entry["mean_test_accuracy"] for entry in front],
               where="post", color="black", alpha=0.5, linewidth=1, label="front: best accuracy for the time")
@@ -389,12 +398,12 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
     curves.set_ylabel("validation accuracy")
     for strategy in dict.fromkeys(row["strategy"] for row in rows):
         own = [row for row in rows if row["strategy"] == strategy]
-        runs.scatter([row["wall_seconds"] for row in own], [row["test_accuracy"] for row in own], label=strategy,
+        runs.scatter([_cold_seconds(row) for row in own], [row["test_accuracy"] for row in own], label=strategy,
                      color=_colour(strategy), s=[12 + 6 * math.log2(1 + row["images_per_class"]) for row in own],
                      alpha=0.7)
     log_x(runs)
     runs.set_title("Every run (marker size: images per class)", fontsize=9)
-    runs.set_xlabel("wall seconds of the whole run (log scale)")
+    runs.set_xlabel("wall seconds of the whole run, log scale (cached features charged)")
     runs.set_ylabel("test accuracy")
     for axes in (curves, runs):
         axes.grid(alpha=0.3)

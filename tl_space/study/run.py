@@ -265,7 +265,15 @@ def run_study(study: StudySettings) -> Path:
     if picked and accelerator.is_main_process:
         tqdm.write(describe_defaults(picked, on_gpu))
     decoded_store = data_module.DecodedDataStore()
-    rows = []
+    rows, written = [], 0
+
+    def write_files() -> None:  # study.json, plots and README of the rows so far, when they changed
+        nonlocal written
+        if accelerator.is_main_process and len(rows) > written:
+            write_study_files(output_dir, study_settings_record(study), study.training.published(), len(runs), rows,
+                              skipped)
+        written = len(rows)
+
     for number, planned in enumerate(runs, start=1):
         settings = run_settings(study, planned)
         metrics = finished_metrics(settings)
@@ -273,12 +281,14 @@ def run_study(study: StudySettings) -> Path:
             state = "done before, kept" if metrics else ("resuming" if settings.resume else "running")
             tqdm.write(f"[study {number}/{len(runs)}] {planned.name}: {state}")
         if metrics is None:
+            write_files()  # the runs kept so far, before a long one
             run_dir = run(settings, accelerator=accelerator, decoded_store=decoded_store)
             metrics = read_metrics(run_dir, planned.name)
-        rows.append(planned.row(metrics))
-        if accelerator.is_main_process:
-            write_study_files(output_dir, study_settings_record(study), study.training.published(), len(runs), rows,
-                              skipped)
+            rows.append(planned.row(metrics))
+            write_files()
+        else:
+            rows.append(planned.row(metrics))
+    write_files()
     accelerator.wait_for_everyone()
     if study.push_to_hub and accelerator.is_main_process:
         url = hub.publish(output_dir, study.hub_model_id, private=study.private,

@@ -44,7 +44,7 @@ def test_findings_say_what_a_probe_first_gains_at_the_fewest_and_the_most_images
     def row(strategy, shots, accuracy, seed=42):
         return {"run": f"runs/{strategy}-{shots}-seed{seed}", "strategy": strategy, "shots": shots, "seed": seed,
                 "images_per_class": 1 if shots == 1 else 500, "test_accuracy": accuracy, "wall_seconds": 10.0,
-                "epochs": 3, "trainable_parameters": 100, "curve": []}
+                "cold_wall_seconds": 10.0, "epochs": 3, "trainable_parameters": 100, "curve": []}
     rows = [row("lp-ft", 1, 0.40), row("finetune", 1, 0.30), row("lp-ft", "all", 0.90), row("finetune", "all", 0.89)]
     sentence = next(line for line in findings(summarize(rows)) if line.startswith("lp-ft against finetune"))
     assert sentence == ("lp-ft against finetune: +10.0 points with 1 image per class, +1.0 points with all 500 images "
@@ -61,8 +61,8 @@ def test_findings_explain_an_lp_ft_that_kept_its_probe_and_lost_to_finetune():
 
     def row(strategy, accuracy, seed, best_stage):
         return {"run": f"runs/{strategy}-1-seed{seed}", "strategy": strategy, "shots": 1, "seed": seed,
-                "images_per_class": 1, "test_accuracy": accuracy, "wall_seconds": 10.0, "epochs": 3,
-                "trainable_parameters": 100, "curve": [], "best_stage": best_stage}
+                "images_per_class": 1, "test_accuracy": accuracy, "wall_seconds": 10.0, "cold_wall_seconds": 10.0,
+                "epochs": 3, "trainable_parameters": 100, "curve": [], "best_stage": best_stage}
     rows = [row("lp-ft", 0.35, 42, "linear-probe"), row("lp-ft", 0.37, 43, "finetune"),
             row("finetune", 0.40, 42, "finetune"), row("finetune", 0.41, 43, "finetune"),
             row("linear-probe", 0.34, 42, "linear-probe"), row("linear-probe", 0.36, 43, "linear-probe")]

@@ -84,12 +84,6 @@ def best_run(rows: list[dict]) -> str:
     return max((row for row in rows if row["shots"] == largest), key=lambda row: row["test_accuracy"])["run"]
 
 
-def row_minutes(row: dict) -> float | None:
-    """A row's budget in minutes (None: an epochs budget), as read from an untrusted study.json."""
-    minutes = row.get("minutes")
-    return float(minutes) if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) else None
-
-
 def write_study(folder: Path, study: dict, training: dict, planned_runs: int, rows: list[StudyRow],
                 skipped: list[str], summary: list[dict], findings: list[str]) -> dict:
     """study.json, replaced whole (a reader, the app or a push, sees the old record or the new one, never half);
@@ -103,14 +97,18 @@ def write_study(folder: Path, study: dict, training: dict, planned_runs: int, ro
 
 
 ROW_FIELDS = {"run": str, "test_accuracy": (int, float), "images_per_class": (int, float), "wall_seconds": (int, float),
-              "epochs": int, "trainable_parameters": int, "curve": list}
+              "cold_wall_seconds": (int, float), "epochs": int, "trainable_parameters": int, "curve": list}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _valid_row(row: object) -> bool:
     """A row the Study tab can show: a known strategy, a shot count, and every field it reads of the right type."""
     return (isinstance(row, dict) and strategy_named(row.get("strategy")) is not None
             and (row.get("shots") == ALL_SHOTS or (isinstance(row.get("shots"), int) and row["shots"] > 0))
-            and (row.get("minutes") is None or (row_minutes(row) is not None and 0 < row["minutes"] < 1e6))
+            and (row.get("minutes") is None or (_is_number(row["minutes"]) and 0 < row["minutes"] < 1e6))
             and all(isinstance(row.get(key), kinds) and not isinstance(row.get(key), bool)
                     for key, kinds in ROW_FIELDS.items()))
 
@@ -121,7 +119,7 @@ def upgrade_study(study: dict) -> dict:
     if study.get("format_version", 1) < 3:
         settings = study["study"]
         minutes = settings.get("minutes") if settings.get("budget") == "minutes" else None
-        minutes = minutes if isinstance(minutes, (int, float)) and not isinstance(minutes, bool) else None
+        minutes = minutes if _is_number(minutes) else None
         study = {**study, "rows": [{"minutes": minutes, "cold_wall_seconds": row.get("wall_seconds"), **row}
                                    if isinstance(row, dict) else row for row in study["rows"]]}
     return {**study, "format_version": FORMAT_VERSION}

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from tl_space import atomic
 from tl_space.figures import colour, log_x, new_figure, save_png
 from tl_space.folder.files import CARD_FILE, EPOCH_PLOT, PARETO_PLOT, SHOTS_PLOT, STUDY_PLOTS, TIME_PLOT
-from tl_space.folder.study import ALL_SHOTS, StudyRow, row_minutes, shots_order, write_study
+from tl_space.folder.study import ALL_SHOTS, StudyRow, shots_order, write_study
 from tl_space.strategies import NAMES, Strategy, strategy_named
 
 
@@ -57,7 +57,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     strategy."""
     groups: dict[tuple[str, int | str, float | None], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["strategy"], row["shots"], row_minutes(row)), []).append(row)
+        groups.setdefault((row["strategy"], row["shots"], row.get("minutes")), []).append(row)
     summary = []
     for (strategy, shots, minutes), members in groups.items():
         accuracies = [row["test_accuracy"] for row in members]
@@ -67,7 +67,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "std_test_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "min_test_accuracy": min(accuracies), "max_test_accuracy": max(accuracies),
             "mean_wall_seconds": statistics.fmean(row["wall_seconds"] for row in members),
-            "mean_cold_wall_seconds": statistics.fmean(_cold_seconds(row) for row in members),
+            "mean_cold_wall_seconds": statistics.fmean(row["cold_wall_seconds"] for row in members),
             "mean_epochs": statistics.fmean(row["epochs"] for row in members),
             "trainable_parameters": members[0]["trainable_parameters"],
             "model": members[0].get("model"), "image_size": members[0].get("image_size"),
@@ -77,12 +77,6 @@ def summarize(rows: list[dict]) -> list[dict]:
     strategy_rank = {name: index for index, name in enumerate(NAMES)}
     return sorted(summary, key=lambda entry: (_budget_order(entry["minutes"]), shots_order(entry["shots"]),
                                               strategy_rank.get(entry["strategy"], 99)))
-
-
-def _cold_seconds(row: dict) -> float:
-    """A run's wall seconds on a fresh machine: what a cache saved it, charged (rows before format 3: as measured)."""
-    cold = row.get("cold_wall_seconds")
-    return float(cold) if isinstance(cold, (int, float)) and not isinstance(cold, bool) else row["wall_seconds"]
 
 
 def _within_spread(first: dict, second: dict) -> bool:
@@ -154,11 +148,9 @@ def _pretraining_gain(by_shots: dict) -> list[str]:
     """Points the best pretrained strategy gains over scratch, at the fewest and at the most images."""
     gains = []
     for shots, entries in by_shots.items():
-        scratch = next((entry for entry in entries if not _pretrained(entry)), None)
-        pretrained = [entry for entry in entries if _pretrained(entry)]
-        if scratch and pretrained:
-            best = max(pretrained, key=lambda entry: entry["mean_test_accuracy"])
-            gains.append((shots, best, (best["mean_test_accuracy"] - scratch["mean_test_accuracy"]) * 100))
+        against = _gain_over_scratch(entries)
+        if against:
+            gains.append((shots, against[1], against[2]))
     if not gains:
         return []
     (shots, best, gain), (last_shots, last_best, last_gain) = gains[0], gains[-1]
@@ -170,18 +162,26 @@ def _pretraining_gain(by_shots: dict) -> list[str]:
     return [sentence + "."]
 
 
+def _gain_over_scratch(entries: list[dict]) -> tuple[dict, dict, float] | None:
+    """Of entries run alike (one shot size, one budget): scratch, the best pretrained entry, and the points it gains;
+    None without both."""
+    scratch = [entry for entry in entries if not _pretrained(entry)]
+    pretrained = [entry for entry in entries if _pretrained(entry)]
+    if not (scratch and pretrained):
+        return None
+    best_scratch = max(scratch, key=lambda entry: entry["mean_test_accuracy"])
+    best = max(pretrained, key=lambda entry: entry["mean_test_accuracy"])
+    return best_scratch, best, (best["mean_test_accuracy"] - best_scratch["mean_test_accuracy"]) * 100
+
+
 def _transfer_gains(summary: list[dict], shots) -> list[tuple[float, dict, dict, float]]:
     """Per budget with both at this shot size: (minutes, scratch, the best pretrained entry, its points of gain)."""
     gains = []
     for minutes in sorted({entry["minutes"] for entry in summary}, key=_budget_order):
-        entries = [entry for entry in summary if entry["minutes"] == minutes and entry["shots"] == shots]
-        scratch = [entry for entry in entries if not _pretrained(entry)]
-        pretrained = [entry for entry in entries if _pretrained(entry)]
-        if scratch and pretrained:
-            best_scratch = max(scratch, key=lambda entry: entry["mean_test_accuracy"])
-            best = max(pretrained, key=lambda entry: entry["mean_test_accuracy"])
-            gains.append((minutes, best_scratch, best,
-                          (best["mean_test_accuracy"] - best_scratch["mean_test_accuracy"]) * 100))
+        against = _gain_over_scratch([entry for entry in summary
+                                      if entry["minutes"] == minutes and entry["shots"] == shots])
+        if against:
+            gains.append((minutes, *against))
     return gains
 
 
@@ -291,8 +291,8 @@ def _at_largest_budget(rows: list[dict]) -> list[dict]:
     largest: dict[tuple, float] = {}
     for row in rows:
         key = (row["strategy"], row["shots"])
-        largest[key] = max(largest.get(key, -1.0), _budget_order(row_minutes(row)))
-    return [row for row in rows if _budget_order(row_minutes(row)) == largest[row["strategy"], row["shots"]]]
+        largest[key] = max(largest.get(key, -1.0), _budget_order(row.get("minutes")))
+    return [row for row in rows if _budget_order(row.get("minutes")) == largest[row["strategy"], row["shots"]]]
 
 
 BUDGET_LINES = ("-", "--", ":", "-.")
@@ -310,7 +310,7 @@ def plot_accuracy_vs_shots(summary: list[dict], rows: list[dict], path: Path) ->
                       yerr=[entry["std_test_accuracy"] for entry in entries], marker="o", capsize=3,
                       label=strategy if len(budgets) == 1 else f"{strategy}, {budget_text(minutes)}",
                       color=_colour(strategy), linestyle=BUDGET_LINES[budgets.index(minutes) % len(BUDGET_LINES)])
-        singles = [row for row in rows if row["strategy"] == strategy and row_minutes(row) == minutes]
+        singles = [row for row in rows if row["strategy"] == strategy and row.get("minutes") == minutes]
         axes.scatter([row["images_per_class"] for row in singles], [row["test_accuracy"] for row in singles], s=10,
                      alpha=0.35, color=_colour(strategy))
     log_x(axes)
@@ -398,7 +398,7 @@ def plot_accuracy_vs_time(rows: list[dict], path: Path) -> Path:
     curves.set_ylabel("validation accuracy")
     for strategy in dict.fromkeys(row["strategy"] for row in rows):
         own = [row for row in rows if row["strategy"] == strategy]
-        runs.scatter([_cold_seconds(row) for row in own], [row["test_accuracy"] for row in own], label=strategy,
+        runs.scatter([row["cold_wall_seconds"] for row in own], [row["test_accuracy"] for row in own], label=strategy,
                      color=_colour(strategy), s=[12 + 6 * math.log2(1 + row["images_per_class"]) for row in own],
                      alpha=0.7)
     log_x(runs)
@@ -451,7 +451,7 @@ def study_overview(study: dict, summary: list[dict], served_run: str,
     """The study's question, runs, budget and findings as Markdown lines: the study card's and the Study tab's.
     quote and plain render values read from study.json (the app escapes them)."""
     training, settings, rows = study["training"], study["study"], study["rows"]
-    minutes = sorted({row_minutes(row) for row in rows} - {None})
+    minutes = sorted({row.get("minutes") for row in rows} - {None})
     budget = (f"{', '.join(f'{value:g}' for value in minutes)} minutes of training" if minutes
               else f"{int(training.get('epochs', 0))} epochs")
     size = training.get("image_size")

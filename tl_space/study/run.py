@@ -169,11 +169,20 @@ def check_study(study: StudySettings) -> None:
         raise UserError(f"--recipe {study.training.recipe} sets one run's strategy and model; a study's runs take theirs "
                         "from --strategies, its scratch row from --scratch-recipe (e.g. speedrun) or --scratch-model "
                         "and --scratch-image-size")
-    each_strategy = [run_settings(study, PlannedRun(strategy, ALL_SHOTS, study.training.seed, budgets_of(study)[0]))
-                     for strategy in parse_strategies(study.strategies)]  # each as its runs will be set up
-    for settings in each_strategy:
+    for settings in each_strategy_settings(study):  # each as its runs will be set up
         check_settings(settings)
-    shared_precision([str(settings.mixed_precision) for settings in each_strategy])
+    study_precision(study)
+
+
+def each_strategy_settings(study: StudySettings) -> list[TrainSettings]:
+    """One run's settings per strategy (all images, the first budget): what differs between strategies."""
+    return [run_settings(study, PlannedRun(strategy, ALL_SHOTS, study.training.seed, budgets_of(study)[0]))
+            for strategy in parse_strategies(study.strategies)]
+
+
+def study_precision(study: StudySettings) -> str:
+    """The one precision of the accelerator every run shares (a run's precision depends on its strategy only)."""
+    return shared_precision([str(settings.mixed_precision) for settings in each_strategy_settings(study)])
 
 
 def plan_runs(study: StudySettings, smallest_class: int) -> tuple[list[PlannedRun], list[str]]:
@@ -257,8 +266,7 @@ def run_study(study: StudySettings) -> Path:
     if not runs:
         raise UserError(f"--shots-per-class {study.shots_per_class!r} leaves nothing to run: " + "; ".join(skipped))
     # One accelerator for all runs (one process group); the dataset decoded once for every run.
-    precision = shared_precision([str(run_settings(study, planned).mixed_precision) for planned in runs])
-    accelerator: Accelerator = make_accelerator(precision, study.training.report_to, str(output_dir))
+    accelerator: Accelerator = make_accelerator(study_precision(study), study.training.report_to, str(output_dir))
     on_gpu = accelerator.device.type != "cpu"
     training, picked = with_machine_defaults(study.training, on_gpu)  # once: every run shares them
     study = dataclasses.replace(study, training=training)

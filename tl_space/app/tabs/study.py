@@ -17,8 +17,8 @@ STUDY_HEADERS = ["budget", "strategy", "model", "shots per class", "images per c
 
 def study_table(summary: list[dict]) -> list[list]:
     # A Dataframe's str cells are shown as text, not Markdown: no escaping, only a bound on the length.
-    return [[budget_text(entry["minutes"]), entry["strategy"], f"{str(entry.get('model') or '?')[:100]} ({str(entry.get('image_size') or '?')[:8]} px)",
-             entry["shots"],
+    return [[budget_text(entry["minutes"]), entry["strategy"],
+             f"{str(entry.get('model') or '?')[:100]} ({str(entry.get('image_size') or '?')[:8]} px)", entry["shots"],
              round(entry["images_per_class"]), entry["runs"],
              round(entry["mean_test_accuracy"] * 100, 2), round(entry["std_test_accuracy"] * 100, 2),
              round(entry["mean_wall_seconds"]), entry["trainable_parameters"]] for entry in summary]

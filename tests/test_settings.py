@@ -5,7 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tl_space.settings import CPU_DEFAULTS, GPU_DEFAULTS, TrainSettings, describe_defaults, parse_settings, with_machine_defaults
+import pytest
+
+from tl_space.errors import UserError
+from tl_space.settings import (CPU_DEFAULTS, GPU_DEFAULTS, NESTEROV_LR_PER_IMAGE, NESTEROV_WEIGHT_DECAY, TrainSettings,
+                               check_settings, describe_defaults, parse_settings, with_machine_defaults,
+                               with_optimizer_defaults)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +61,20 @@ def test_modes_are_typed_once_and_a_wrong_one_is_named_with_its_choices():
                             text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: --compile 'always' is not one of auto, yes, no" in result.stderr
+
+
+def test_nesterov_takes_airbenchs_lr_for_the_batch_and_its_weight_decay_where_unset():
+    settings, picked = with_optimizer_defaults(parse_settings(["--optimizer", "nesterov", "--batch-size", "512"]))
+    assert picked == {"lr": pytest.approx(NESTEROV_LR_PER_IMAGE * 512), "weight_decay": NESTEROV_WEIGHT_DECAY}
+    assert settings.lr == pytest.approx(0.75, abs=0.01)  # airbench's 1.5 at its batch of 1024, per image
+    settings, picked = with_optimizer_defaults(parse_settings(["--optimizer", "nesterov", "--batch-size", "64",
+                                                               "--lr", "0.1", "--weight-decay", "0.001"]))
+    assert picked == {} and (settings.lr, settings.weight_decay) == (0.1, 0.001)
+    assert with_optimizer_defaults(parse_settings(["--batch-size", "64"]))[1] == {}  # AdamW: as it was
+
+
+def test_a_weight_decay_of_adamws_scale_with_nesterov_is_refused_by_name():
+    with pytest.raises(UserError, match="--weight-decay 0.02 with --optimizer nesterov"):
+        check_settings(parse_settings(["--optimizer", "nesterov", "--weight-decay", "0.02", "--strategy", "scratch"]))
+    with pytest.raises(UserError, match="--lr-schedule 'linear' is not one of cosine, triangle"):
+        parse_settings(["--lr-schedule", "linear"])

@@ -81,9 +81,14 @@ def test_killed_run_resumes_to_the_same_result_with_each_epoch_once(tiny_dataset
 
 
 @pytest.mark.slow
-def test_a_killed_run_with_every_regulariser_resumes_to_the_same_result(tiny_dataset, pretrained_file, tmp_path):
-    options = dict(strategy="finetune", epochs=4, lr=3e-3, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
-                   random_erasing=0.25, ema_decay=0.9)
+@pytest.mark.parametrize("options", [
+    dict(strategy="finetune", epochs=4, lr=3e-3, label_smoothing=0.1, mixup=0.8, cutmix=1.0, random_erasing=0.25,
+         ema_decay=0.9),
+    # airbench's optimiser: Nesterov momentum, the triangular schedule, lookahead's average
+    dict(strategy="finetune", epochs=4, lr=0.02, optimizer="nesterov", lr_schedule="triangle", lookahead=True),
+], ids=["regularisers", "nesterov-lookahead"])
+def test_a_killed_run_with_every_regulariser_resumes_to_the_same_result(tiny_dataset, pretrained_file, tmp_path,
+                                                                        options):
     reference_dir = tmp_path / "uninterrupted"
     run(tiny_settings(tiny_dataset, reference_dir, pretrained_file, **options))
     reference = json.loads((reference_dir / "metrics.json").read_text())

@@ -12,7 +12,9 @@ from torch import nn
 
 from tl_space.errors import UserError
 from tl_space.folder.metrics import EpochRecord
-from tl_space.training import loop
+from tl_space.settings import Optimizer
+from tl_space.training import checkpoint, loop
+from tl_space.training.regularisation import Lookahead
 
 
 class FakeClock:
@@ -47,6 +49,83 @@ def test_the_schedule_follows_steps_or_time_whichever_is_further():
     assert factor(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * (0.5 - 0.05) / 0.95)))
     clock["fraction"] = 1.0
     assert factor(10) == pytest.approx(0.0)
+
+
+def test_the_triangle_schedule_rises_to_its_peak_then_falls_by_steps_or_time():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    clock = {"fraction": 0.0}
+    factor = loop.triangle(optimizer, total_steps=1000, time_fraction=lambda: clock["fraction"]).lr_lambdas[0]
+    assert factor(0) == pytest.approx(0.2) and factor(115) == pytest.approx(0.6)
+    assert factor(230) == pytest.approx(1.0) and factor(1000) == pytest.approx(0.07)
+    clock["fraction"] = 0.23 + 0.77 / 2  # half-way down by the clock after 10 steps: the time decides
+    assert factor(10) == pytest.approx(1 - 0.93 / 2)
+    clock["fraction"] = 2.0  # over time: it stays at its end
+    assert factor(10) == pytest.approx(0.07)
+
+
+def batchnorm_net() -> nn.Module:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    net[1].weight.requires_grad = False  # as airbench's: only the shift trains
+    return net
+
+
+def test_nesterov_gives_normalisation_layers_64x_the_lr_and_a_resumed_schedule_keeps_it(tmp_path):
+    torch.manual_seed(0)
+    net = batchnorm_net()
+    optimizer = loop.make_optimizer(Optimizer.NESTEROV, net, lr=0.1, weight_decay=1e-3)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    assert optimizer.defaults["momentum"] == loop.NESTEROV_MOMENTUM
+    others, norms = optimizer.param_groups
+    assert [id(p) for p in norms["params"]] == [id(net[1].bias)]  # the frozen scale is in no group
+    assert len(others["params"]) == 4
+    assert (others["lr"], norms["lr"]) == (0.1, pytest.approx(6.4))
+    assert norms["weight_decay"] * norms["lr"] == pytest.approx(others["weight_decay"] * others["lr"])
+
+    accelerator = Accelerator(cpu=True)
+    net, optimizer = accelerator.prepare(net, optimizer)
+    scheduler = loop.triangle(optimizer, total_steps=10)
+    for _ in range(3):
+        net(torch.randn(4, 3, 6, 6)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    checkpoint.save_checkpoint(accelerator, tmp_path / "checkpoint", {"history": []}, net.state_dict(), scheduler,
+                               torch.Generator(), None)
+    again = batchnorm_net()
+    again_optimizer = loop.make_optimizer(Optimizer.NESTEROV, again, lr=0.1, weight_decay=1e-3)
+    resumed = Accelerator(cpu=True)  # a new process's
+    again, again_optimizer = resumed.prepare(again, again_optimizer)
+    again_scheduler = loop.triangle(again_optimizer, total_steps=10)
+    checkpoint.restore_checkpoint(resumed, tmp_path / "checkpoint", again_scheduler, torch.Generator(), 0.05)
+    factor = again_scheduler.lr_lambdas[0](3)
+    assert [group["lr"] for group in again_optimizer.param_groups] == pytest.approx([0.05 * factor, 3.2 * factor])
+    assert torch.equal(again.state_dict()["1.bias"], net.state_dict()["1.bias"])
+
+
+def test_adamw_takes_every_trainable_parameter_in_one_group():
+    net = batchnorm_net()
+    optimizer = loop.make_optimizer(Optimizer.ADAMW, net, lr=1e-3, weight_decay=0.05)
+    assert isinstance(optimizer, torch.optim.AdamW) and len(optimizer.param_groups) == 1
+    assert len(optimizer.param_groups[0]["params"]) == 5
+
+
+def test_lookahead_follows_the_weights_early_and_averages_them_late():
+    net = batchnorm_net()
+    with torch.no_grad():
+        net[3].weight.zero_()
+    lookahead = Lookahead(net)
+    with torch.no_grad():
+        net[3].weight.fill_(1.0)
+        net[1].running_mean.fill_(1.0)
+    lookahead.step(net, progress=0.0)  # decay 0: the average becomes the weights
+    assert torch.equal(net[3].weight, torch.ones_like(net[3].weight))
+    with torch.no_grad():
+        net[3].weight.fill_(2.0)
+    lookahead.step(net, progress=1.0)  # decay 0.95^5: the weights move back to the average, most of the way
+    decay = 0.95 ** 5
+    expected = torch.full_like(net[3].weight, decay * 1.0 + (1 - decay) * 2.0)
+    assert torch.allclose(net[3].weight, expected) and torch.allclose(lookahead.average["3.weight"], expected)
+    assert torch.equal(net[1].running_mean, torch.ones(4))  # statistics are averaged as well
+    assert Lookahead.decay(0.5) == pytest.approx(decay / 8)
 
 
 def test_the_time_budget_counts_earlier_epochs_and_the_running_one():

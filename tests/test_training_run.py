@@ -67,6 +67,9 @@ def test_metrics_are_complete_and_consistent(trained):
     assert 0 < timing["data_seconds"] + timing["training_seconds"] + timing["evaluation_seconds"] < timing["total_seconds"]
     best_val = max(entry["val_accuracy"] for entry in metrics["history"])
     assert metrics["history"][test["best_epoch"] - 1]["val_accuracy"] == best_val
+    # Which CPU: a run's speed (and bf16's gain) differs between machines of one name
+    assert metrics["hardware"]["cpu"].endswith(tuple(f"bf16: {kind}" for kind in ("AMX", "AVX-512 BF16", "native",
+                                                                                 "emulated")))
 
 
 def test_trainable_parameters_follow_the_strategy(trained):

@@ -41,6 +41,23 @@ class HeadInit(StrEnum):
 class ProbeSolver(StrEnum):
     ADAMW, LBFGS = "adamw", "lbfgs"
 
+
+class Optimizer(StrEnum):
+    ADAMW, NESTEROV = "adamw", "nesterov"
+
+
+class LRSchedule(StrEnum):
+    COSINE, TRIANGLE = "cosine", "triangle"
+
+# --optimizer nesterov without --lr: airbench's learning rate for a summed loss, 11.5 / (1024 (1 + 1 / (1 - 0.85))),
+# per image of the batch, as this loop's mean loss needs it (0.375 at batch 256). Its weight decay, 0.0153 per 1024
+# images against that lr, is the L2 of PyTorch's SGD 0.0153 / 11.5 at any batch size.
+NESTEROV_LR_PER_IMAGE = 11.5 / (1024 * (1 + 1 / (1 - 0.85)))
+NESTEROV_WEIGHT_DECAY = 0.0153 / 11.5
+# SGD's weight decay is an L2 term scaled by the learning rate and amplified by momentum: above this it shrinks the
+# weights by percents per step (AdamW's default, 0.05, is a decoupled decay of another scale).
+NESTEROV_MAX_WEIGHT_DECAY = 0.01
+
 # Measured by bench/bench_features.py on a 2-core CPU: batches of 32 run lite0 2-3x faster than 128, and
 # torch.compile adds 1.5x or more after 20-45 s of compiling, which 10,000 images repay.
 CPU_EVAL_BATCH_SIZE = 32
@@ -59,19 +76,21 @@ CPU_DEFAULTS_REASON = ("the best transfer recipe measured within an hour on a 2-
 
 
 # Named recipes (--recipe): the options each sets where the command line leaves them at their defaults.
-# speedrun: airbench's design for CIFAR-10 from scratch (tl_space/speedrun_net.py), in this project's AdamW loop,
-# whose recipe parts are its own options: label smoothing, flip and translate on the device, a weight average,
-# warm-up then cosine decay, flip test-time augmentation.
+# speedrun: airbench94's design for CIFAR-10 from scratch (tl_space/speedrun_net.py), in this project's loop, whose
+# recipe parts are its own options: Nesterov SGD with BatchNorm's shifts at 64x the learning rate, airbench's
+# triangular schedule, label smoothing 0.2, lookahead, flip and translate on the device, flip test-time augmentation.
 # Its bf16 (2.3x the images/s of fp32 on a CPU with AMX, bench/bench_backbone_step.py) applies only where bf16 is
 # native: elsewhere a CPU emulates it, slower than fp32.
 RECIPES = {
     "speedrun": {"strategy": strategies.SCRATCH, "model": "tl_speedrun_cnn", "image_size": 32, "batch_size": 256,
-                 "epochs": 10, "lr": 2e-3, "label_smoothing": 0.2, "ema_decay": 0.99, "mixed_precision": "bf16"},
+                 "epochs": 10, "optimizer": Optimizer.NESTEROV, "lr": round(NESTEROV_LR_PER_IMAGE * 256, 4),
+                 "weight_decay": NESTEROV_WEIGHT_DECAY, "lr_schedule": LRSchedule.TRIANGLE, "label_smoothing": 0.2,
+                 "lookahead": True, "mixed_precision": "bf16"},
 }
 
 # Options for the stages that train on images (all default off); a strategy that trains only a head takes none.
-IMAGE_TRAINING_OPTIONS = ("label_smoothing", "mixup", "cutmix", "random_erasing", "ema_decay", "freeze_depthwise",
-                          "progressive_resize")
+IMAGE_TRAINING_OPTIONS = ("label_smoothing", "mixup", "cutmix", "random_erasing", "ema_decay", "lookahead",
+                          "freeze_depthwise", "progressive_resize")
 
 
 def dataset_hub_id(dataset: str, dataset_id: str | None = None) -> str | None:
@@ -114,6 +133,19 @@ def with_recipe(settings: TrainSettings) -> tuple[TrainSettings, dict]:
         raise UserError(f"--recipe {settings.recipe!r} is not one of {', '.join(RECIPES)}")
     picked = {name: value for name, value in recipe_options(settings.recipe).items()
               if getattr(settings, name) == SETTING_DEFAULTS[name]}
+    return dataclasses.replace(settings, **picked), picked
+
+
+def with_optimizer_defaults(settings: TrainSettings) -> tuple[TrainSettings, dict]:
+    """With --optimizer nesterov: airbench's learning rate for the batch size where --lr is unset, and its weight
+    decay where --weight-decay is left at AdamW's default; and the options it set."""
+    if settings.optimizer != Optimizer.NESTEROV:
+        return settings, {}
+    picked = {}
+    if settings.lr is None and settings.batch_size is not None:
+        picked["lr"] = NESTEROV_LR_PER_IMAGE * settings.batch_size
+    if settings.weight_decay == SETTING_DEFAULTS["weight_decay"]:
+        picked["weight_decay"] = NESTEROV_WEIGHT_DECAY
     return dataclasses.replace(settings, **picked), picked
 
 
@@ -199,10 +231,18 @@ class TrainSettings:
                                         "validation accuracy kept (seconds on cached features)")
     patience: int | None = option(None, "stop a stage once validation accuracy has not improved for this many epochs; "
                                         "if unset, every epoch runs")
-    lr: float | None = option(None, "peak learning rate of AdamW (for lp-ft: of the fine-tuning stage); if unset, "
+    lr: float | None = option(None, "peak learning rate (for lp-ft: of the fine-tuning stage); if unset, with AdamW "
                                + ", ".join(f"{s.lr} for {s.name}" for s in strategies.STRATEGIES.values())
-                               + f" ({strategies.HEAD_LR} for lp-ft's probe stage)")
-    weight_decay: float = option(0.05, "AdamW weight decay")
+                               + f" ({strategies.HEAD_LR} for lp-ft's probe stage), with nesterov airbench's "
+                               f"{NESTEROV_LR_PER_IMAGE:.3g} x --batch-size")
+    weight_decay: float = option(0.05, "AdamW's decoupled weight decay; with --optimizer nesterov, SGD's L2 term "
+                                       f"(airbench: {NESTEROV_WEIGHT_DECAY:.2g}, at most {NESTEROV_MAX_WEIGHT_DECAY})")
+    optimizer: Optimizer = mode_option(Optimizer.ADAMW, "training on images: adamw, or nesterov: airbench's SGD with "
+                                       "Nesterov momentum 0.85, BatchNorm's parameters at 64x the learning rate (a "
+                                       "head on cached features always learns with AdamW)")
+    lr_schedule: LRSchedule = mode_option(LRSchedule.COSINE, "cosine: 5%% linear warm-up, then cosine decay to 0; "
+                                          "triangle (airbench): linear from 0.2x up to the peak at 23%%, then down "
+                                          "to 0.07x; either over the stage's epochs or its time budget")
     label_smoothing: float = option(0.0, "training on images: the share of each target spread over all classes "
                                          "(0.1 is common); 0: off")
     mixup: float = option(0.0, "training on images: mixup's alpha, mixing each batch with its reverse by a factor "
@@ -214,6 +254,9 @@ class TrainSettings:
     ema_decay: float = option(0.0, "training on images: validate, keep and write an exponential moving average of "
                                    "the weights with this decay per step (timm's ModelEmaV3, warmed up), e.g. 0.999; "
                                    "0: the weights themselves")
+    lookahead: bool = option(False, "training on images: airbench's lookahead: every 5 steps the weights and their "
+                                    "running average both become the average, moved toward the weights by a share "
+                                    "that shrinks as training goes (1 - 0.95^5 (progress)^3)")
     progressive_resize: int | None = option(None, "training on images: start at this image size and grow it to "
                                                   "--image-size by three quarters of each stage, in steps of 16 px "
                                                   "(early steps cost less), e.g. 64 with --image-size 96; if unset, off")
@@ -357,6 +400,10 @@ def check_settings(settings: TrainSettings) -> None:
                                             ("random_erasing", settings.random_erasing, "[0, 1]", 0.25)):
         if not 0 <= value <= 1 or (value == 1 and interval.endswith(")")):
             raise UserError(f"--{name.replace('_', '-')} {value} must be in {interval}, e.g. {example} (0: off)")
+    if settings.optimizer == Optimizer.NESTEROV and settings.weight_decay > NESTEROV_MAX_WEIGHT_DECAY:
+        raise UserError(f"--weight-decay {settings.weight_decay:g} with --optimizer nesterov: SGD's weight decay is an "
+                        f"L2 term scaled by the learning rate; give at most {NESTEROV_MAX_WEIGHT_DECAY} (airbench: "
+                        f"{NESTEROV_WEIGHT_DECAY:.2g})")
     if settings.mixup < 0 or settings.cutmix < 0:
         raise UserError("--mixup and --cutmix are Beta distributions' alpha and must not be negative (0: off)")
     used = [f"--{name.replace('_', '-')}" for name in IMAGE_TRAINING_OPTIONS if getattr(settings, name)]

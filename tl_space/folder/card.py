@@ -107,7 +107,7 @@ def build_model_card(metrics: dict, misclassified: list[dict]) -> ModelCard:
                                  metric_value=round(test["accuracy"], 4))],
     )
     preprocessing, hardware = metrics["preprocessing"], metrics["hardware"]
-    device = hardware["gpu"] or hardware["device"]
+    device = hardware["gpu"] or hardware.get("cpu") or hardware["device"]  # runs before the cpu field: none
     return ModelCard.from_template(
         card_data, template_str=CARD_TEMPLATE,
         model_reference=f"hf-hub:{settings['hub_model_id']}" if settings.get("hub_model_id") else "local-dir:PATH_TO_THIS_FOLDER",

@@ -66,10 +66,11 @@ def restore_checkpoint(accelerator: Accelerator, directory: Path, scheduler: tor
     accelerator.load_state(str(found))  # torch.load with weights_only=True, models from safetensors
     scheduler.load_state_dict(json.loads((found / PROGRESS_FILE).read_text())["scheduler"])
     generator.set_state(load_file(str(found / _augmentation_file(accelerator.process_index)))["state"])
-    scheduler.base_lrs = [peak_lr] * len(scheduler.base_lrs)
-    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = peak_lr
-        group["lr"] = peak_lr * factor(scheduler.last_epoch)
+    groups = scheduler.optimizer.param_groups
+    scheduler.base_lrs = [peak_lr * group.get("lr_scale", 1.0) for group in groups]  # a group's own share of it
+    for group, base_lr, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
 
 
 def best_model_state(directory: Path) -> dict[str, torch.Tensor]:

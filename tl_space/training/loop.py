@@ -20,13 +20,21 @@ from tl_space import model as model_module
 from tl_space.data import DataSplits
 from tl_space.errors import UserError
 from tl_space.folder.metrics import EpochRecord, StoppedBy
+from tl_space.settings import LRSchedule, Optimizer
 from tl_space.training import checkpoint
 from tl_space.training.batches import InputsFn, index_loader, predict
 from tl_space.training.evaluation import classification_metrics
-from tl_space.training.regularisation import BatchRegulariser, Regularisation, weight_average
+from tl_space.training.regularisation import BatchRegulariser, Lookahead, Regularisation, weight_average
 from tl_space.transforms import progressive_size
 
 WARMUP_FRACTION = 0.05
+# airbench's triangular schedule: from 0.2x the peak up to it at 23% of the stage, then down to 0.07x at the end.
+TRIANGLE_START, TRIANGLE_PEAK_AT, TRIANGLE_END = 0.2, 0.23, 0.07
+# --optimizer nesterov, airbench's SGD: its momentum, and the learning rate of normalisation layers' parameters (their
+# weight decay divided by as much, so each parameter decays by the same share per step).
+NESTEROV_MOMENTUM = 0.85
+NORM_LR_SCALE = 64.0
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 # --probe-solver lbfgs: the L2 strengths tried, strongest first (each fit starts from the previous one's head), and
 # the L-BFGS iterations of each fit: on lite0's CIFAR-10 features 1e-4 and 3e-4 never won, and 30 iterations gave
 # the accuracy of 100 (-0.07 points) in a third of the time (bench/bench_probe_solver.py).
@@ -60,6 +68,8 @@ class Stage:
     lr: float
     eval_batch_size: int
     regularisation: Regularisation = Regularisation()  # of a stage on images; a head on features takes none
+    optimizer: Optimizer = Optimizer.ADAMW  # a head on features always learns with AdamW
+    lr_schedule: LRSchedule = LRSchedule.COSINE
     start_size: int | None = None  # progressive resizing: the training images' size at the start; None: off
     image_size: int | None = None  # the size the stage's images end at (and are validated at)
 
@@ -140,6 +150,37 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def triangle(optimizer: torch.optim.Optimizer, total_steps: int,
+             time_fraction: Callable[[], float] = lambda: 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """airbench's schedule: linear from TRIANGLE_START up to 1 at TRIANGLE_PEAK_AT of the stage, then linear down to
+    TRIANGLE_END at its end, over total_steps or over a time budget, whichever is further along."""
+    def factor(step: int) -> float:
+        progress = min(1.0, max(step / max(1, total_steps), time_fraction()))
+        if progress < TRIANGLE_PEAK_AT:
+            return TRIANGLE_START + (1 - TRIANGLE_START) * progress / TRIANGLE_PEAK_AT
+        return 1 - (1 - TRIANGLE_END) * (progress - TRIANGLE_PEAK_AT) / (1 - TRIANGLE_PEAK_AT)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+LR_SCHEDULES = {LRSchedule.COSINE: cosine_with_warmup, LRSchedule.TRIANGLE: triangle}
+
+
+def make_optimizer(kind: Optimizer, module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over module's trainable parameters, or airbench's Nesterov SGD, whose normalisation layers' parameters
+    learn at NORM_LR_SCALE times lr (each group's lr_scale, which a resumed schedule keeps)."""
+    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    if kind == Optimizer.ADAMW:
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    norm_ids = {id(parameter) for layer in module.modules() if isinstance(layer, NORM_LAYERS)
+                for parameter in layer.parameters(recurse=False)}
+    groups = [dict(params=[p for p in trainable if id(p) not in norm_ids], lr=lr, lr_scale=1.0,
+                   weight_decay=weight_decay),
+              dict(params=[p for p in trainable if id(p) in norm_ids], lr=lr * NORM_LR_SCALE, lr_scale=NORM_LR_SCALE,
+                   weight_decay=weight_decay / NORM_LR_SCALE)]
+    return torch.optim.SGD([group for group in groups if group["params"]], lr=lr, momentum=NESTEROV_MOMENTUM,
+                           nesterov=True)
+
+
 def record_epoch(accelerator: Accelerator, run_state: RunState, entry: EpochRecord, kept: nn.Module,
                  what: str) -> None:
     """One finished epoch of either stage kind: into the history and the trackers, one line on the console, and the
@@ -177,8 +218,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     """Train stage.module for stage.epochs (from its checkpoint when resuming this stage); record every epoch
     (record_epoch), keep the best model, and checkpoint after every epoch."""
     run_state.stopped_by = StoppedBy.EPOCHS
-    trainable = [parameter for parameter in stage.module.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(stage.optimizer, stage.module, stage.lr, settings.weight_decay)
     loader = index_loader(len(splits.train), settings.batch_size, shuffle=True, seed=settings.seed,
                           min_samples=settings.min_epoch_images)
     module, optimizer, loader = accelerator.prepare(stage.module, optimizer, loader)
@@ -186,7 +226,11 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
     # scheduler wrapper: N processes then follow the same schedule as one process with N times the batch.
     budget = TimeBudget(None)
     total_steps = stage.epochs * len(loader)
-    scheduler = cosine_with_warmup(optimizer, total_steps, lambda: budget.fraction)
+    scheduler = LR_SCHEDULES[stage.lr_schedule](optimizer, total_steps, lambda: budget.fraction)
+
+    def stage_progress() -> float:
+        """How far the stage is: by steps or by its time budget, whichever is further along."""
+        return max(scheduler.last_epoch / total_steps, budget.fraction)
     regulariser = BatchRegulariser(stage.regularisation, len(splits.class_names), accelerator.device)
     # The average is what is validated, kept as the best model and written: the weights only feed it.
     ema = weight_average(accelerator.unwrap_model(module), stage.regularisation.ema_decay)
@@ -200,6 +244,9 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         saved_average = checkpoint.ema_model_state(run_state.checkpoint_dir) if ema is not None else None
         if saved_average is not None:
             ema.module.load_state_dict(saved_average)
+    # Lookahead starts from the weights as they are: at a resume, as the last epoch's end left them (averaged), so
+    # it is made after they are restored.
+    lookahead = Lookahead(accelerator.unwrap_model(module)) if stage.regularisation.lookahead else None
     first_epoch = len(run_state.history) - done + 1
     last_epoch = first_epoch + stage.epochs - 1
 
@@ -229,7 +276,7 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             indices = indices.to(accelerator.device)
             labels = train_labels[indices]
             size = None if stage.start_size is None else progressive_size(
-                stage.start_size, stage.image_size, max(scheduler.last_epoch / total_steps, budget.fraction))
+                stage.start_size, stage.image_size, stage_progress())
             inputs, targets = regulariser(stage.train_inputs(indices, True, size), labels)
             with accelerator.autocast():
                 logits = module(inputs)
@@ -241,12 +288,16 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(module), step=scheduler.last_epoch)
+            if lookahead is not None and scheduler.last_epoch % Lookahead.EVERY == 0:
+                lookahead.step(accelerator.unwrap_model(module), stage_progress())
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
             budget.update(accelerator)
             if budget.exhausted:  # this epoch ends here, validated and saved like any other
                 break
+        if lookahead is not None:  # what is validated, kept and checkpointed is the average
+            lookahead.step(accelerator.unwrap_model(module), stage_progress())
         totals = accelerator.reduce(torch.stack([loss_sum, correct, seen]), reduction="sum")
         train_seconds = budget.clock() - started
 

@@ -4,14 +4,33 @@ EfficientNet-Lites lose a fifth: bench/bench_backbone_step.py)."""
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs
 
 from tl_space.errors import UserError
-from tl_space.settings import MixedPrecision
+from tl_space.settings import MixedPrecision, native_bf16
 
 REDUCED = (MixedPrecision.BF16, MixedPrecision.FP16)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and cores, and how it computes bf16: a run's speed, and bf16's gain, differ between
+    machines that report the same name, so a run's record says which it ran on."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else (
+        "native" if native_bf16() else "emulated")
+    return f"{name}, {os.cpu_count()} cores, bf16: {bf16}"
 
 
 def accelerator_precision(wanted: str) -> str | None:

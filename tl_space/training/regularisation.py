@@ -1,5 +1,5 @@
 """Regularisation of training on images, by timm's own parts: label smoothing, mixup and CutMix (`Mixup`), random
-erasing (`RandomErasing`) and an exponential moving average of the weights (`ModelEmaV3`)."""
+erasing (`RandomErasing`) and an exponential moving average of the weights (`ModelEmaV3`); and airbench's lookahead."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Regularisation:
     cutmix_alpha: float = 0.0
     random_erasing: float = 0.0  # the probability that an image gets one erased rectangle
     ema_decay: float = 0.0
+    lookahead: bool = False
 
     @property
     def mixes(self) -> bool:
@@ -61,3 +62,28 @@ def weight_average(module: nn.Module, decay: float) -> ModelEmaV3 | None:
     if decay <= 0:
         return None
     return ModelEmaV3(module, decay=decay, use_warmup=True)
+
+
+class Lookahead:
+    """airbench's lookahead (its LookaheadState): every EVERY steps a running average of the weights (and BatchNorm
+    statistics) moves toward them by 1 - decay, and the weights are set to it. decay = 0.95^5 progress^3 grows from 0
+    to 0.77 over the stage: early steps follow the weights, late ones average them."""
+
+    EVERY = 5
+
+    def __init__(self, module: nn.Module):
+        self.average = {name: value.detach().clone() for name, value in module.state_dict().items()
+                        if value.is_floating_point()}
+
+    @staticmethod
+    def decay(progress: float) -> float:
+        return 0.95 ** 5 * min(1.0, max(0.0, progress)) ** 3
+
+    @torch.no_grad()
+    def step(self, module: nn.Module, progress: float) -> None:
+        """Move the average toward the weights, then set the weights to it."""
+        weight = 1 - self.decay(progress)
+        for name, value in module.state_dict().items():
+            if name in self.average:
+                self.average[name].lerp_(value, weight)
+                value.copy_(self.average[name])

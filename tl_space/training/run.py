@@ -24,8 +24,9 @@ from tl_space.errors import UserError
 from tl_space.folder.files import CHECKPOINT_DIR, LOGS_DIR, METRICS_FILE, differing_settings
 from tl_space.folder.metrics import EpochRecord, MetricsRecord, StoppedBy, read_metrics
 from tl_space.folder.write import write_model_folder
-from tl_space.settings import (COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, CompileMode, FlipTTA, HeadInit, ProbeSolver,
-                               TrainSettings, check_settings, describe_defaults, with_machine_defaults, with_recipe)
+from tl_space.settings import (COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, CompileMode, FlipTTA, HeadInit, LRSchedule,
+                               Optimizer, ProbeSolver, TrainSettings, check_settings, describe_defaults,
+                               with_machine_defaults, with_optimizer_defaults, with_recipe)
 from tl_space.strategies import STRATEGIES, StagePlan, Strategy, keeps_batchnorm_statistics, stages
 from tl_space.training import checkpoint
 from tl_space.training.batches import FEATURE_BATCH_SIZE, feature_inputs, image_inputs
@@ -33,7 +34,7 @@ from tl_space.training.calibration import calibration_report
 from tl_space.training.evaluation import (classification_metrics, final_logits, flip_tta_report,
                                           misclassified_records)
 from tl_space.training.features import FrozenFeatures
-from tl_space.training.precision import accelerator_precision, run_precision, use_run_precision
+from tl_space.training.precision import accelerator_precision, cpu_description, run_precision, use_run_precision
 from tl_space.training.loop import (L2_GRID, BestModel, LoopSettings, RunState, Stage, estimate_stage_seconds,
                                    fit_head_stage, train_stage)
 from tl_space.training.regularisation import Regularisation
@@ -101,6 +102,8 @@ class RunPlan:
     head_init: HeadInit
     probe_solver: ProbeSolver
     regularisation: Regularisation  # of the stages on images
+    optimizer: Optimizer  # of the stages on images
+    lr_schedule: LRSchedule  # of the stages on images
     start_size: int | None  # progressive resizing: the stages on images start at this size; None: off
     threads: int | None  # torch's CPU threads per process; None on a GPU: left as they are
     mixed_precision: str  # --mixed-precision: auto is the accelerator's
@@ -154,7 +157,9 @@ def resolve(settings: TrainSettings, device: torch.device, local_processes: int 
         probe_solver=settings.probe_solver,
         regularisation=Regularisation(label_smoothing=settings.label_smoothing, mixup_alpha=settings.mixup,
                                       cutmix_alpha=settings.cutmix, random_erasing=settings.random_erasing,
-                                      ema_decay=settings.ema_decay),
+                                      ema_decay=settings.ema_decay, lookahead=settings.lookahead),
+        optimizer=settings.optimizer,
+        lr_schedule=settings.lr_schedule,
         start_size=settings.progressive_resize,
         # `accelerate launch` without a config sets OMP_NUM_THREADS=1 for CPU runs: torch would use one core.
         threads=(settings.threads or cpu_threads(local_processes)) if on_cpu else None,
@@ -183,6 +188,10 @@ def plan_run(settings: TrainSettings, accelerator: Accelerator) -> RunPlan:
     settings, picked = with_machine_defaults(settings, on_gpu)
     if picked and accelerator.is_main_process:
         tqdm.write(describe_defaults(picked, on_gpu))
+    settings, for_optimizer = with_optimizer_defaults(settings)
+    if for_optimizer and accelerator.is_main_process:
+        tqdm.write(f"--optimizer {settings.optimizer} sets airbench's " + " ".join(
+            f"--{name.replace('_', '-')} {value:.4g}" for name, value in for_optimizer.items()))
     check_settings(settings)
     return resolve(settings, accelerator.device, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
 
@@ -313,7 +322,8 @@ def make_stage(stage_plan: StagePlan, model: nn.Module, splits: data_module.Data
     inputs = {name: image_inputs(getattr(splits, name).images.to(device), preprocessing, generator)
               for name in ("train", "val")}
     return Stage(stage_plan.index, stage_plan.name, model, inputs["train"], inputs["val"], stage_plan.epochs,
-                 stage_plan.lr, plan.eval_batch_size, plan.regularisation, plan.start_size, preprocessing.image_size)
+                 stage_plan.lr, plan.eval_batch_size, plan.regularisation, plan.optimizer, plan.lr_schedule,
+                 plan.start_size, preprocessing.image_size)
 
 
 # The whole-run estimate times decoding, features and each stage on this many training images (at least a batch).
@@ -526,7 +536,8 @@ def metrics_of_run(accelerator: Accelerator, plan: RunPlan, prepared: PreparedMo
                 "train_images_per_second": len(splits.train) * len(history) / max(training_seconds, 1e-9)},
         hardware={"device": str(accelerator.device), "processes": accelerator.num_processes,
                   "mixed_precision": run_precision(accelerator),
-                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                  "cpu": cpu_description()},
     )
 
 

@@ -148,10 +148,13 @@ def test_the_scratch_recipe_sets_the_scratch_runs_and_the_others_keep_fp32():
     assert (scratch.model, scratch.image_size, scratch.batch_size, scratch.lr, scratch.label_smoothing) == (
         recipe["model"], recipe["image_size"], recipe["batch_size"], recipe["lr"], recipe["label_smoothing"])
     assert scratch.epochs == 100 and scratch.max_train_minutes == 5.0  # the study's budget, not the recipe's
+    assert (scratch.optimizer, scratch.lr_schedule, scratch.lookahead, scratch.weight_decay) == (
+        recipe["optimizer"], recipe["lr_schedule"], True, recipe["weight_decay"])  # airbench's optimiser
     assert scratch.pretrained_file is None and scratch.recipe is None
     transfer = study.run_settings(settings, study.PlannedRun("lp-ft", "all", 42, 5.0))
     assert (transfer.model, transfer.image_size, transfer.batch_size, transfer.lr, transfer.label_smoothing) == (
         "test_resnet", 64, 32, 0.01, 0)
+    assert (transfer.optimizer, transfer.lr_schedule, transfer.lookahead) == ("adamw", "cosine", False)
     if native_bf16():  # one shared bf16 accelerator, under which the transfer runs turn autocast off
         assert (scratch.mixed_precision, transfer.mixed_precision) == ("bf16", "no")
     with pytest.raises(UserError, match="--scratch-recipe"):

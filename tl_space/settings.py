@@ -157,12 +157,17 @@ def recipe_options(recipe: str) -> dict:
             if not (name == "mixed_precision" and value == MixedPrecision.BF16 and not native_bf16())}
 
 
+def as_flags(options: dict) -> str:
+    """Options as the command line gives them: --name value, floats in their shortest form."""
+    return " ".join(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float)
+                    else f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+
+
 def describe_defaults(picked: dict, on_gpu: bool) -> str:
     """One line saying which options took the machine's defaults, and why."""
-    flags = " ".join(f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float)
-                     else f"--{name.replace('_', '-')} {value}" for name, value in picked.items())
     why = "a full fine-tune" if on_gpu else CPU_DEFAULTS_REASON
-    return f"unset options take this {'GPU' if on_gpu else 'CPU'}'s defaults: {flags} ({why}); set any to change it"
+    return (f"unset options take this {'GPU' if on_gpu else 'CPU'}'s defaults: {as_flags(picked)} ({why}); "
+            "set any to change it")
 
 
 def option(default, help: str, run: bool = True, **argparse_kwargs):

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs
 
 from tl_space.errors import UserError
-from tl_space.settings import MixedPrecision, native_bf16
+from tl_space.settings import MixedPrecision
 
 REDUCED = (MixedPrecision.BF16, MixedPrecision.FP16)
 
@@ -29,7 +29,7 @@ def cpu_description() -> str:
                 platform.processor() or platform.machine())
     flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else (
-        "native" if native_bf16() else "emulated")
+        "native" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "emulated")  # the CPU's, not a GPU's
     return f"{name}, {os.cpu_count()} cores, bf16: {bf16}"
 
 

@@ -25,7 +25,7 @@ from tl_space.folder.files import CHECKPOINT_DIR, LOGS_DIR, METRICS_FILE, differ
 from tl_space.folder.metrics import EpochRecord, MetricsRecord, StoppedBy, read_metrics
 from tl_space.folder.write import write_model_folder
 from tl_space.settings import (COMPILE_MIN_IMAGES, CPU_EVAL_BATCH_SIZE, CompileMode, FlipTTA, HeadInit, LRSchedule,
-                               Optimizer, ProbeSolver, TrainSettings, check_settings, describe_defaults,
+                               Optimizer, ProbeSolver, TrainSettings, as_flags, check_settings, describe_defaults,
                                with_machine_defaults, with_optimizer_defaults, with_recipe)
 from tl_space.strategies import STRATEGIES, StagePlan, Strategy, keeps_batchnorm_statistics, stages
 from tl_space.training import checkpoint
@@ -183,15 +183,13 @@ def plan_run(settings: TrainSettings, accelerator: Accelerator) -> RunPlan:
     on_gpu = accelerator.device.type != "cpu"
     settings, from_recipe = with_recipe(settings)
     if from_recipe and accelerator.is_main_process:
-        tqdm.write(f"--recipe {settings.recipe} sets " + " ".join(
-            f"--{name.replace('_', '-')} {value}" for name, value in from_recipe.items()))
+        tqdm.write(f"--recipe {settings.recipe} sets {as_flags(from_recipe)}")
     settings, picked = with_machine_defaults(settings, on_gpu)
     if picked and accelerator.is_main_process:
         tqdm.write(describe_defaults(picked, on_gpu))
     settings, for_optimizer = with_optimizer_defaults(settings)
     if for_optimizer and accelerator.is_main_process:
-        tqdm.write(f"--optimizer {settings.optimizer} sets airbench's " + " ".join(
-            f"--{name.replace('_', '-')} {value:.4g}" for name, value in for_optimizer.items()))
+        tqdm.write(f"--optimizer {settings.optimizer} sets airbench's {as_flags(for_optimizer)}")
     check_settings(settings)
     return resolve(settings, accelerator.device, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
 

@@ -10,7 +10,7 @@ import pytest
 from tl_space.errors import UserError
 from tl_space.settings import (CPU_DEFAULTS, GPU_DEFAULTS, NESTEROV_LR_PER_IMAGE, NESTEROV_WEIGHT_DECAY, TrainSettings,
                                check_settings, describe_defaults, parse_settings, with_machine_defaults,
-                               with_optimizer_defaults)
+                               with_optimizer_defaults, with_recipe)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,3 +78,12 @@ def test_a_weight_decay_of_adamws_scale_with_nesterov_is_refused_by_name():
         check_settings(parse_settings(["--optimizer", "nesterov", "--weight-decay", "0.02", "--strategy", "scratch"]))
     with pytest.raises(UserError, match="--lr-schedule 'linear' is not one of cosine, triangle"):
         parse_settings(["--lr-schedule", "linear"])
+
+
+def test_a_recipes_learning_rate_scales_with_the_users_batch_size():
+    """As timm's --lr-base-size: the speedrun recipe's rate is airbench's per image, so another batch scales it."""
+    settings, picked = with_recipe(parse_settings(["--recipe", "speedrun", "--batch-size", "512"]))
+    assert settings.batch_size == 512 and "batch_size" not in picked
+    assert settings.lr == pytest.approx(NESTEROV_LR_PER_IMAGE * 512) == pytest.approx(0.75)
+    assert with_recipe(parse_settings(["--recipe", "speedrun"]))[0].lr == 0.375  # the recipe's own batch: as written
+    assert with_recipe(parse_settings(["--recipe", "speedrun", "--batch-size", "512", "--lr", "0.1"]))[0].lr == 0.1

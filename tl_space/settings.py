@@ -131,8 +131,10 @@ def with_recipe(settings: TrainSettings) -> tuple[TrainSettings, dict]:
         return settings, {}
     if settings.recipe not in RECIPES:
         raise UserError(f"--recipe {settings.recipe!r} is not one of {', '.join(RECIPES)}")
-    picked = {name: value for name, value in recipe_options(settings.recipe).items()
-              if getattr(settings, name) == SETTING_DEFAULTS[name]}
+    recipe = recipe_options(settings.recipe)
+    picked = {name: value for name, value in recipe.items() if getattr(settings, name) == SETTING_DEFAULTS[name]}
+    if "lr" in picked and "batch_size" not in picked:  # the recipe's rate is for its batch: scaled linearly, as timm's
+        picked["lr"] = round(recipe["lr"] * settings.batch_size / recipe["batch_size"], 6)  # --lr-base-size does
     return dataclasses.replace(settings, **picked), picked
 
 
@@ -208,7 +210,8 @@ class TrainSettings:
                                      "--pretrained-file; if unset, the machine's default (below)")
     pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
     recipe: str | None = option(None, "a named recipe: " + ", ".join(RECIPES) + " (speedrun: airbench's network and "
-                                "recipe for CIFAR-10 from scratch); it sets the options left at their defaults")
+                                "recipe for CIFAR-10 from scratch); it sets the options left at their defaults, its learning rate "
+                                "scaled to --batch-size")
     strategy: str | None = option(None, "what is trained: " + "; ".join(
         f"{s.name}: {s.description}" for s in strategies.STRATEGIES.values())
         + "; if unset, the machine's default (below)", choices=strategies.NAMES)

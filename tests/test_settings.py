@@ -1,5 +1,6 @@
 """The command line: one option per settings field, with its default."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -87,3 +88,23 @@ def test_a_recipes_learning_rate_scales_with_the_users_batch_size():
     assert settings.lr == pytest.approx(NESTEROV_LR_PER_IMAGE * 512) == pytest.approx(0.75)
     assert with_recipe(parse_settings(["--recipe", "speedrun"]))[0].lr == 0.375  # the recipe's own batch: as written
     assert with_recipe(parse_settings(["--recipe", "speedrun", "--batch-size", "512", "--lr", "0.1"]))[0].lr == 0.1
+
+
+def test_an_option_typed_on_the_command_line_wins_over_the_recipe_even_at_its_default():
+    """As timm's config files: a recipe sets what the command line left unset. --label-smoothing 0, --no-lookahead
+    and --mixed-precision auto are what the user asked for, though each equals the option's default."""
+    argv = ["--recipe", "speedrun", "--label-smoothing", "0", "--no-lookahead", "--mixed-precision", "auto"]
+    settings, picked = with_recipe(parse_settings(argv))
+    assert (settings.label_smoothing, settings.lookahead, settings.mixed_precision) == (0.0, False, "auto")
+    assert {"label_smoothing", "lookahead", "mixed_precision"}.isdisjoint(picked)
+    assert settings.optimizer == "nesterov" and settings.lr_schedule == "triangle"  # the rest still from the recipe
+    assert "typed_options" not in settings.to_dict() and "typed_options" not in settings.published()  # no option
+    assert with_recipe(parse_settings(["--recipe", "speedrun"]))[0].lookahead is True
+    assert parse_settings(["--lookahead"]).lookahead is True and parse_settings([]).lookahead is False
+    # The same for --optimizer nesterov's weight decay: AdamW's 0.05, typed, is refused by name, not replaced.
+    settings, picked = with_optimizer_defaults(parse_settings(["--optimizer", "nesterov", "--weight-decay", "0.05"]))
+    assert settings.weight_decay == 0.05 and "weight_decay" not in picked
+    with pytest.raises(UserError, match="--weight-decay 0.05 with --optimizer nesterov"):
+        check_settings(dataclasses.replace(settings, strategy="scratch"))
+    # Settings built in code have no command line: an option at its default is unset there, as before.
+    assert with_recipe(TrainSettings(recipe="speedrun", label_smoothing=0.0))[0].label_smoothing == 0.2

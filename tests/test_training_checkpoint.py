@@ -18,16 +18,19 @@ from tl_space import atomic
 from tl_space.folder.files import CHECKPOINT_DIR
 from tl_space.training import checkpoint
 from tl_space.errors import UserError
+from tl_space.settings import SETTING_DEFAULTS
 from tl_space.training.run import run
 
 LP_FT = dict(strategy="lp-ft", probe_epochs=3, epochs=6, lr=3e-3)
 
 
 def _cli_args(dataset: Path, pretrained_file: Path, output_dir: Path, **options) -> list[str]:
+    """The command line a user types for these settings: the options away from their defaults (a typed default is
+    the user's choice, which --optimizer nesterov's weight decay would refuse)."""
     settings = tiny_settings(dataset, output_dir, pretrained_file, **(options or LP_FT))
     args = []
     for name, value in settings.to_dict().items():
-        if value is not None and value is not False:
+        if value is not None and value != SETTING_DEFAULTS[name]:
             args += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return args
 

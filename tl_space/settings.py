@@ -75,7 +75,7 @@ CPU_DEFAULTS_REASON = ("the best transfer recipe measured within an hour on a 2-
                        "a GPU's defaults are a full fine-tune of resnet18.a1_in1k at 224 px for 5 epochs")
 
 
-# Named recipes (--recipe): the options each sets where the command line leaves them at their defaults.
+# Named recipes (--recipe): the options each sets where the command line leaves them unset.
 # speedrun: airbench94's design for CIFAR-10 from scratch (tl_space/speedrun_net.py), in this project's loop, whose
 # recipe parts are its own options: Nesterov SGD with BatchNorm's shifts at 64x the learning rate, airbench's
 # triangular schedule, label smoothing 0.2, lookahead, flip and translate on the device, flip test-time augmentation.
@@ -126,16 +126,22 @@ def native_bf16() -> bool:
 
 
 def with_recipe(settings: TrainSettings) -> tuple[TrainSettings, dict]:
-    """The settings with --recipe's options set where the command line left them at their defaults, and those."""
+    """The settings with --recipe's options set where the command line left them unset, and those."""
     if settings.recipe is None:
         return settings, {}
     if settings.recipe not in RECIPES:
         raise UserError(f"--recipe {settings.recipe!r} is not one of {', '.join(RECIPES)}")
     recipe = recipe_options(settings.recipe)
-    picked = {name: value for name, value in recipe.items() if getattr(settings, name) == SETTING_DEFAULTS[name]}
+    picked = {name: value for name, value in recipe.items() if left_unset(settings, name)}
     if "lr" in picked and "batch_size" not in picked:  # the recipe's rate is for its batch: scaled linearly, as timm's
         picked["lr"] = round(recipe["lr"] * settings.batch_size / recipe["batch_size"], 6)  # --lr-base-size does
     return dataclasses.replace(settings, **picked), picked
+
+
+def left_unset(settings: TrainSettings, name: str) -> bool:
+    """Whether an option is left for a recipe to set: at its default and not typed on the command line (where
+    `--label-smoothing 0` is the user's choice, as in timm's config files; settings built in code have none)."""
+    return name not in settings.typed_options and getattr(settings, name) == SETTING_DEFAULTS[name]
 
 
 def with_optimizer_defaults(settings: TrainSettings) -> tuple[TrainSettings, dict]:
@@ -146,7 +152,7 @@ def with_optimizer_defaults(settings: TrainSettings) -> tuple[TrainSettings, dic
     picked = {}
     if settings.lr is None and settings.batch_size is not None:
         picked["lr"] = NESTEROV_LR_PER_IMAGE * settings.batch_size
-    if settings.weight_decay == SETTING_DEFAULTS["weight_decay"]:
+    if left_unset(settings, "weight_decay"):
         picked["weight_decay"] = NESTEROV_WEIGHT_DECAY
     return dataclasses.replace(settings, **picked), picked
 
@@ -210,7 +216,7 @@ class TrainSettings:
                                      "--pretrained-file; if unset, the machine's default (below)")
     pretrained_file: str | None = option(None, "local timm-format weights file (.safetensors) for the backbone")
     recipe: str | None = option(None, "a named recipe: " + ", ".join(RECIPES) + " (speedrun: airbench's network and "
-                                "recipe for CIFAR-10 from scratch); it sets the options left at their defaults, its learning rate "
+                                "recipe for CIFAR-10 from scratch); it sets the options not typed on the command line, its learning rate "
                                 "scaled to --batch-size")
     strategy: str | None = option(None, "what is trained: " + "; ".join(
         f"{s.name}: {s.description}" for s in strategies.STRATEGIES.values())
@@ -307,6 +313,8 @@ class TrainSettings:
                                        "(the token is checked before training starts)", run=False)
     hub_model_id: str | None = option(None, "OWNER/NAME of the model repo to push to; required with --push-to-hub (no default)", run=False)
     private: bool = option(False, "with --push-to-hub: create the repo private", run=False)
+    # The options typed on the command line, even at their defaults: a recipe leaves them alone (no --option itself).
+    typed_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for settings_field in dataclasses.fields(self):  # the one check of every mode, from argparse or from code
@@ -315,9 +323,9 @@ class TrainSettings:
                                                            getattr(self, settings_field.name), settings_field.name))
 
     def to_dict(self) -> dict:
-        """Plain values: each mode as its string."""
+        """The options' plain values: each mode as its string (typed_options is no option)."""
         return {name: value.value if isinstance(value, StrEnum) else value
-                for name, value in dataclasses.asdict(self).items()}
+                for name, value in dataclasses.asdict(self).items() if name != "typed_options"}
 
     def published(self) -> dict:
         """The settings as a model folder records them, with no path of this machine: the dataset by its Hub id
@@ -335,8 +343,9 @@ class TrainSettings:
 
 
 # The settings that change what a run computes; the others say where or how it reports.
-RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.metadata["run"])
-REPORTING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if not f.metadata["run"])
+RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if "help" in f.metadata and f.metadata["run"])
+REPORTING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings)
+                           if "help" in f.metadata and not f.metadata["run"])
 # Settings newer than a run folder read as their defaults there: each new one defaults to what runs did before it.
 SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.default is not dataclasses.MISSING}
 
@@ -349,35 +358,42 @@ def _argument_type(annotation: str):
     return str
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings_class: type, exclude: typing.Collection[str] = ()) -> None:
-    """One --option per field of a settings dataclass (but those in exclude), with its help and default."""
+def add_arguments(parser: argparse.ArgumentParser, settings_class: type, exclude: typing.Collection[str] = (),
+                  defaults: bool = True) -> None:
+    """One --option per field of a settings dataclass (but those in exclude), with its help and (with defaults) its
+    default; a bool as --option and --no-option."""
     for settings_field in dataclasses.fields(settings_class):
         if settings_field.name in exclude or "help" not in settings_field.metadata:
             continue
         flag = "--" + settings_field.name.replace("_", "-")
         extra = {k: v for k, v in settings_field.metadata.items() if k not in ("help", "run", "mode")}
+        if defaults:
+            extra["default"] = settings_field.default
         if settings_field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=settings_field.metadata["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=settings_field.metadata["help"],
+                                **extra)
             continue
-        parser.add_argument(flag, type=_argument_type(settings_field.type), default=settings_field.default,
-                            help=settings_field.metadata["help"], **extra)
+        parser.add_argument(flag, type=_argument_type(settings_field.type), help=settings_field.metadata["help"], **extra)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one --option per TrainSettings field, its default shown."""
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """An argparse parser with one --option per TrainSettings field, its default shown; without defaults, one whose
+    namespace holds only the options typed."""
     parser = argparse.ArgumentParser(
         description="Fine-tune an ImageNet-pretrained timm model on an image classification dataset "
                     "and write a complete model folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=None if defaults else argparse.SUPPRESS,
     )
-    add_arguments(parser, TrainSettings)
+    add_arguments(parser, TrainSettings, defaults=defaults)
     return parser
 
 
 def parse_settings(argv: typing.Sequence[str] | None = None) -> TrainSettings:
-    """TrainSettings from command-line arguments (sys.argv when argv is None)."""
+    """TrainSettings from command-line arguments (sys.argv when argv is None), knowing which were typed."""
     namespace = build_parser().parse_args(argv)
-    return TrainSettings(**vars(namespace))
+    typed = build_parser(defaults=False).parse_args(argv)
+    return TrainSettings(**vars(namespace), typed_options=tuple(sorted(vars(typed))))
 
 
 def check_settings(settings: TrainSettings) -> None:

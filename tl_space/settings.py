@@ -178,6 +178,11 @@ def describe_defaults(picked: dict, on_gpu: bool) -> str:
             "set any to change it")
 
 
+def is_option(settings_field: dataclasses.Field) -> bool:
+    """Whether a settings field is a command-line option (made by option or mode_option), not a record kept beside."""
+    return "help" in settings_field.metadata
+
+
 def option(default, help: str, run: bool = True, **argparse_kwargs):
     """A settings field with its --help text; run=False for an option that says where or how a run reports or is
     published, not what it computes (a rerun that differs only there is the same run)."""
@@ -323,9 +328,9 @@ class TrainSettings:
                                                            getattr(self, settings_field.name), settings_field.name))
 
     def to_dict(self) -> dict:
-        """The options' plain values: each mode as its string (typed_options is no option)."""
-        return {name: value.value if isinstance(value, StrEnum) else value
-                for name, value in dataclasses.asdict(self).items() if name != "typed_options"}
+        """The options' plain values: each mode as its string."""
+        values = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if is_option(f)]
+        return {name: value.value if isinstance(value, StrEnum) else value for name, value in values}
 
     def published(self) -> dict:
         """The settings as a model folder records them, with no path of this machine: the dataset by its Hub id
@@ -343,9 +348,8 @@ class TrainSettings:
 
 
 # The settings that change what a run computes; the others say where or how it reports.
-RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if "help" in f.metadata and f.metadata["run"])
-REPORTING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings)
-                           if "help" in f.metadata and not f.metadata["run"])
+RUN_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if is_option(f) and f.metadata["run"])
+REPORTING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainSettings) if is_option(f) and not f.metadata["run"])
 # Settings newer than a run folder read as their defaults there: each new one defaults to what runs did before it.
 SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.default is not dataclasses.MISSING}
 
@@ -363,7 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type, exclude
     """One --option per field of a settings dataclass (but those in exclude), with its help and (with defaults) its
     default; a bool as --option and --no-option."""
     for settings_field in dataclasses.fields(settings_class):
-        if settings_field.name in exclude or "help" not in settings_field.metadata:
+        if settings_field.name in exclude or not is_option(settings_field):
             continue
         flag = "--" + settings_field.name.replace("_", "-")
         extra = {k: v for k, v in settings_field.metadata.items() if k not in ("help", "run", "mode")}

@@ -47,6 +47,7 @@ class EpochRecord:
     seconds: float
     train_images_per_second: float
     lr: float | None  # None: a head fitted by L-BFGS
+    train_images: int | None = None  # None: an entry of a checkpoint written before it was recorded
     l2: float | None = None  # the L-BFGS fit's L2 strength
 
     def to_json(self) -> dict:
@@ -54,6 +55,11 @@ class EpochRecord:
         if self.l2 is None:
             del values["l2"]
         return values
+
+    @property
+    def train_seconds(self) -> float:
+        """The epoch's seconds of training, validation left out."""
+        return (self.train_images or 0) / self.train_images_per_second if self.train_images_per_second else 0.0
 
     @classmethod
     def from_json(cls, values: dict) -> EpochRecord:

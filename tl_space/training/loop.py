@@ -307,7 +307,8 @@ def train_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, splits
         entry = EpochRecord(epoch=epoch, stage=stage.name, train_loss=float(totals[0] / totals[2]),
                             train_accuracy=float(totals[1] / totals[2]), val_loss=val["loss"],
                             val_accuracy=val["accuracy"], seconds=budget.clock() - started,
-                            train_images_per_second=float(totals[2]) / train_seconds, lr=stage.lr)
+                            train_images_per_second=float(totals[2]) / train_seconds, lr=stage.lr,
+                            train_images=int(totals[2]))
         record_epoch(accelerator, run_state, entry, model if ema is None else ema.module,
                      f"epoch {epoch} ({stage.name} {epoch - first_epoch + 1}/{stage.epochs})")
         save_epoch_checkpoint(accelerator, run_state, stage, epoch - first_epoch + 1, scheduler,
@@ -364,7 +365,7 @@ def fit_head_stage(accelerator: Accelerator, stage: Stage, model: nn.Module, spl
         entry = EpochRecord(epoch=len(run_state.history) + 1, stage=stage.name, train_loss=train["loss"],
                             train_accuracy=train["accuracy"], val_loss=val["loss"], val_accuracy=val["accuracy"],
                             seconds=time.perf_counter() - started, train_images_per_second=len(labels) / train_seconds,
-                            lr=None, l2=l2)
+                            lr=None, train_images=len(labels), l2=l2)
         record_epoch(accelerator, run_state, entry, model, f"{stage.name}, L-BFGS at L2 {l2:g}")
 
 

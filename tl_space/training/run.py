@@ -504,6 +504,14 @@ def evaluate(accelerator: Accelerator, plan: RunPlan, prepared: PreparedModel, d
     return Evaluation(test, test_logits, calibration, flip_tta, time.perf_counter() - started)
 
 
+def last_stage_images_per_second(history: list[EpochRecord]) -> float:
+    """The images per second the run's last stage trained at (lp-ft: its fine-tuning, not its probe's fits on cached
+    features), over the images it trained on, a budget-cut last epoch's as many as it saw."""
+    last_stage = [entry for entry in history if entry.stage == history[-1].stage] if history else []
+    seconds = sum(entry.train_seconds for entry in last_stage)
+    return sum(entry.train_images or 0 for entry in last_stage) / seconds if seconds else 0.0
+
+
 def metrics_of_run(accelerator: Accelerator, plan: RunPlan, prepared: PreparedModel, data: PreparedData,
                    run_state: RunState, evaluation: Evaluation, started: float, data_seconds: float) -> MetricsRecord:
     model, splits, history = prepared.model, data.splits, run_state.history
@@ -531,7 +539,7 @@ def metrics_of_run(accelerator: Accelerator, plan: RunPlan, prepared: PreparedMo
         timing={"total_seconds": time.perf_counter() - started, "data_seconds": data_seconds,
                 "training_seconds": training_seconds, "evaluation_seconds": evaluation.seconds,
                 "feature_cache_saved_seconds": data.frozen_features.saved_seconds if data.frozen_features else 0.0,
-                "train_images_per_second": len(splits.train) * len(history) / max(training_seconds, 1e-9)},
+                "train_images_per_second": last_stage_images_per_second(history)},
         hardware={"device": str(accelerator.device), "processes": accelerator.num_processes,
                   "mixed_precision": run_precision(accelerator),
                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -82,7 +82,7 @@ def main() -> None:
     print(f"| teach (app: with {summary['folds']}-fold cross-validation and the model folder) | {len(teach_files)} | "
           f"{loop_teach:.1f} | {app_teach:.1f} | {app_teach / loop_teach:.2f}x |")
     print(f"| classify many | {len(many_files)} | {loop_many:.1f} | {app_many:.1f} | {app_many / loop_many:.2f}x |")
-    print(f"\ncross-validated accuracy {summary['loo_accuracy']:.1%}, class means {summary['class_mean_accuracy']:.1%}, "
+    print(f"\ncross-validated accuracy {summary['cross_validated_accuracy']:.1%}, class means {summary['class_mean_accuracy']:.1%}, "
           f"chance {summary['chance']:.1%}; rows returned: {len(rows['data'])}")
 
 

@@ -90,6 +90,10 @@ def main() -> None:
             for tab, name, selector in (("Training report", "report.png", "img"), ("Study", "study.png", ".study-plot img")):
                 page.get_by_role("tab", name=tab).click()
                 time.sleep(1)
+                # The browser loads images below the fold (loading="lazy") only once they are scrolled to.
+                page.evaluate("async () => { for (let y = 0; y < document.body.scrollHeight; y += 400) {"
+                              " window.scrollTo(0, y); await new Promise(done => setTimeout(done, 100)); }"
+                              " window.scrollTo(0, 0); }")
                 wait_for_images(page, selector)
                 page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
             browser.close()

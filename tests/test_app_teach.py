@@ -60,7 +60,7 @@ def _unzipped_model(archive, folder):
 
 @pytest.mark.slow
 def test_teaching_cifar10_classes_on_the_bundled_model_learns_them(tmp_path):
-    """The bundled lite0 model's backbone, taught cat, ship and frog from 10 CIFAR-10 test images each (the bundled
+    """The bundled model's backbone, taught cat, ship and frog from 10 CIFAR-10 test images each (the bundled
     sample), classifies the sample's 40 other images of each class."""
     import app
 

@@ -168,7 +168,7 @@ def test_unreachable_model_id_shows_a_message_instead_of_crashing(caplog, monkey
 
 
 def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
-    """A fresh clone, no MODEL_ID: the committed model/ folder (lite0 trained on CIFAR-10) is what the page serves."""
+    """A fresh clone, no MODEL_ID: the committed model/ folder (Lite2 trained on CIFAR-10) is what the page serves."""
     monkeypatch.delenv("MODEL_ID", raising=False)
     sys.path.insert(0, str(ROOT))
     import app
@@ -176,8 +176,8 @@ def test_bundled_model_serves_by_default_and_knows_the_examples(monkeypatch):
     page_text = " ".join(str(block.get("props", {}).get("value", "")) for block in demo.config["components"])
     assert "tells apart 10 classes" in page_text
     # The header names what is served: backbone, strategy, dataset and test accuracy, from metrics.json.
-    assert ("Model `model`: `tf_efficientnet_lite0` trained by **lp\\-ft** from `timm/tf_efficientnet_lite0.in1k` "
-            "on `uoft-cs/cifar10`: **91.58% test accuracy**") in page_text
+    assert ("Model `model`: `tf_efficientnet_lite2` trained by **finetune** from `timm/tf_efficientnet_lite2.in1k` "
+            "on `uoft-cs/cifar10`: **92.76% test accuracy**") in page_text
     assert "Study" in [block.get("props", {}).get("label") for block in demo.config["components"]]  # bundled study/
     loaded = load_served_model(str(ROOT / "model"))
     examples = sorted((ROOT / "examples").glob("*.png"))

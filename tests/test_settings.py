@@ -30,8 +30,8 @@ def test_help_lists_every_option_with_its_default():
 
 def test_unset_options_take_the_machines_recipe_and_set_ones_are_kept():
     on_cpu, picked = with_machine_defaults(TrainSettings(), on_gpu=False)
-    assert picked == CPU_DEFAULTS and on_cpu.model == "tf_efficientnet_lite0"
-    assert (on_cpu.strategy, on_cpu.image_size, on_cpu.max_train_minutes) == ("lp-ft", 112, 52.0)
+    assert picked == CPU_DEFAULTS and on_cpu.model == "tf_efficientnet_lite2"
+    assert (on_cpu.strategy, on_cpu.image_size, on_cpu.epochs, on_cpu.max_train_minutes) == ("finetune", 112, 10, 57.0)
     on_gpu, picked = with_machine_defaults(TrainSettings(), on_gpu=True)
     assert picked == GPU_DEFAULTS and (on_gpu.model, on_gpu.strategy, on_gpu.epochs) == ("resnet18.a1_in1k", "finetune", 5)
     assert on_gpu.image_size is None and on_gpu.max_train_minutes is None  # the model's own size, no time budget
@@ -41,7 +41,7 @@ def test_unset_options_take_the_machines_recipe_and_set_ones_are_kept():
     assert set(picked) == {"strategy", "batch_size"}
     assert with_machine_defaults(chosen, on_gpu=True) == (chosen, {})  # resolved once: nothing left to pick
     line = describe_defaults(picked, on_gpu=False)
-    assert "--strategy lp-ft --batch-size 32" in line and "within an hour" in line
+    assert "--strategy finetune --batch-size 32" in line and "within an hour" in line
 
 
 def test_modes_are_typed_once_and_a_wrong_one_is_named_with_its_choices():

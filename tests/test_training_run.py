@@ -77,6 +77,12 @@ def test_metrics_are_complete_and_consistent(trained):
                                                                                  "emulated")))
 
 
+def test_an_lp_ft_card_names_each_stages_learning_rate(trained):
+    if json.loads((trained / "metrics.json").read_text())["settings"]["strategy"] != "lp-ft":
+        pytest.skip("one stage, one learning rate")
+    assert "| learning rate | linear-probe: 0.001, finetune: 0.0001 |" in (trained / "README.md").read_text()
+
+
 def test_trainable_parameters_follow_the_strategy(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     head = 96 * len(CLASS_NAMES) + len(CLASS_NAMES)
@@ -456,13 +462,13 @@ def test_a_folder_of_class_folders_trains_end_to_end_on_the_cpu_defaults(pretrai
     assert min(data_record["train_images_per_class"].values()) >= 16  # stratified: every class keeps its share
     assert data_record["test_source"].startswith("29 images, 20% of 'train' carved out (stratified, seed 42)")
     assert metrics["calibration"]["temperature"] == 1.0 and "11 validation images" in metrics["calibration"]["skipped"]
-    assert metrics["settings"]["strategy"] == "lp-ft" and metrics["test"]["accuracy"] > 1 / 6
+    assert metrics["settings"]["strategy"] == "finetune" and metrics["test"]["accuracy"] > 1 / 6
     card = (folder / "README.md").read_text()
     assert f"| test images | {text(data_record['test_source'])} |" in card
     assert f"| calibration | {text(metrics['calibration']['skipped'])} |" in card
-    # Each setting under its own label: lp-ft's two stages each with their learning rate.
+    # Each setting under its own label.
     assert "| batch size | 32 |" in card and "| weight decay | 0.05 |" in card
-    assert "| learning rate | linear-probe: 0.001, finetune: 0.0001 |" in card
+    assert "| learning rate | finetune: 0.0001 |" in card
 
 
 def test_tensorboard_logs_survive_the_final_folder_swap_with_one_scalar_per_epoch(tiny_dataset, pretrained_file,

@@ -1,10 +1,12 @@
 """Fine-tuning step images/s at several input sizes: a per-image PIL + DataLoader pipeline vs tl-space's path.
 
-    python bench/bench_finetune_step.py [--sizes 32,128,224] [--batch-size 32] [--repeats 3] [--compile]
+    python bench/bench_finetune_step.py [--model tf_efficientnet_lite0] [--sizes 32,128,224] [--batch-size 32]
+        [--repeats 3] [--compile] [--batchnorm auto]
     python bench/bench_finetune_step.py --sizes 224 --batch-size 128 --images 8192   # on a GPU (bf16 autocast)
 
-Both train all of lite0 (--strategy finetune: AdamW, fp32, train mode) on the same CIFAR-10 training images
-from ../shared, with the same augmentation (reflect-pad 4 px random crop, horizontal flip), resize and
+Both train all of the model (--strategy finetune: AdamW, fp32, BatchNorm as --batchnorm, by default as train.py's
+auto: its pretrained running statistics kept) from its ImageNet weights in ../shared on the same CIFAR-10 training
+images from ../shared, with the same augmentation (reflect-pad 4 px random crop, horizontal flip), resize and
 normalisation, interleaved in this process so the machine's drift hits both alike:
 - PIL: the usual tutorial pipeline. A torch Dataset over the `datasets` split decodes each PNG, runs torchvision's
   per-image transforms and a DataLoader with a worker process per core (8 at most) collates the batches; the
@@ -15,8 +17,10 @@ normalisation, interleaved in this process so the machine's drift hits both alik
 
 A second table says what bounds our step: its FLOP/s (3x the forward pass's FLOPs, counted by
 torch.utils.flop_counter) against a large matrix product's on the same device (the baseline, measured in the
-same run), the share of the step in the backward pass of each kind of convolution (torch.profiler), and on a GPU
-the share of the step the GPU is busy.
+same run), the share of the step in each kind of work (torch.profiler): the backward pass of each kind of
+convolution, all convolutions' forward passes, BatchNorm (forward and backward), the activations (forward and
+backward), tf "same" padding (forward and backward), the optimiser; and on a GPU the share of the step the GPU is
+busy.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tl_space import data  # noqa: E402
+from tl_space.model import train_mode  # noqa: E402
+from tl_space.settings import BatchNormChoice  # noqa: E402
+from tl_space.strategies import FINETUNE, STRATEGIES, keeps_batchnorm_statistics  # noqa: E402
 from tl_space.training.batches import image_inputs  # noqa: E402
 from tl_space.transforms import preprocessing_for  # noqa: E402
 
@@ -80,9 +87,10 @@ def training_step(model, optimizer, inputs: torch.Tensor, labels: torch.Tensor) 
     optimizer.zero_grad(set_to_none=True)
 
 
-def timed_steps(model, optimizer, batches, steps: int, device: torch.device) -> tuple[float, float]:
+def timed_steps(model, optimizer, batches, steps: int, device: torch.device, keep_statistics: bool
+                ) -> tuple[float, float]:
     """Wall seconds of `steps` training steps after one warm-up step, and the part spent waiting for data."""
-    model.train()
+    train_mode(model, keep_statistics)
     batches = iter(batches)
     total = waiting = 0.0
     for step in range(steps + 1):
@@ -132,11 +140,28 @@ def convolution_kind(weight_shape: list[int]) -> str:
     return "1x1" if height == width == 1 else f"dense {height}x{width}"
 
 
-def step_profile(model, optimizer, batches, steps: int, device: torch.device) -> tuple[dict[str, float], float, float]:
-    """Per-step seconds of each kind of convolution backward (device time on a GPU, else CPU time), the per-step wall
-    seconds, and the seconds per step that the GPU runs kernels (0 on a CPU). Making the batches is part of the step."""
+# What each profiled op is part of, by its name in torch.profiler (inclusive times; none of these runs inside another).
+WORK_KINDS = {
+    "aten::convolution": "conv forward",
+    "aten::batch_norm": "BatchNorm", "aten::native_batch_norm_backward": "BatchNorm",
+    "aten::hardtanh": "activations", "aten::hardtanh_": "activations", "aten::hardtanh_backward": "activations",
+    "aten::relu": "activations", "aten::relu_": "activations", "aten::threshold_backward": "activations",
+    "aten::silu": "activations", "aten::silu_": "activations", "aten::silu_backward": "activations",
+    "aten::constant_pad_nd": "padding", "autograd::engine::evaluate_function: ConstantPadNdBackward0": "padding",
+    "Optimizer.step#AdamW.step": "optimiser",
+}
+SHARE_COLUMNS = ("conv backward, depthwise 5x5", "conv backward, depthwise 3x3", "conv backward, 1x1",
+                 "conv backward, dense 3x3", "conv forward", "BatchNorm", "activations", "padding", "optimiser")
+
+
+def step_profile(model, optimizer, batches, steps: int, device: torch.device, keep_statistics: bool
+                 ) -> tuple[dict[str, float], float, float]:
+    """Per-step seconds of each kind of work (WORK_KINDS, and the convolutions' backward by kind; device time on a
+    GPU, else CPU time), the per-step wall seconds, and the seconds per step that the GPU runs kernels (0 on a CPU).
+    Making the batches is part of the step."""
     batches = iter(batches)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    train_mode(model, keep_statistics)
     synchronize(device)
     with profile(activities=activities, record_shapes=True) as profiler:
         started = time.perf_counter()
@@ -154,33 +179,36 @@ def step_profile(model, optimizer, batches, steps: int, device: torch.device) ->
         seconds = (event.device_time_total if use_device else event.cpu_time_total) / 1e6 / steps
         if event.key == "aten::convolution_backward" and len(event.input_shapes) > 2:
             kind = "conv backward, " + convolution_kind(event.input_shapes[2])
+        else:
+            kind = WORK_KINDS.get(event.key)
+        if kind:
             shares[kind] = shares.get(kind, 0.0) + seconds
     return shares, wall / steps, busy
 
 
 def print_bounds(base, images: torch.Tensor, labels: torch.Tensor, config, images_per_second: dict[int, float],
-                 batch_size: int, device: torch.device) -> None:
+                 batch_size: int, device: torch.device, keep_statistics: bool) -> None:
     """The second table: achieved FLOP/s (at the first table's images/s) against the matmul ceiling, and where the
     step's time goes (shares of a few profiled steps, whose wall time the profiler stretches alike)."""
     ceiling = matmul_flops_per_second(device)
     print(f"\nWhat bounds our step: the baseline is a {'bf16' if device.type == 'cuda' else 'fp32'} 2048x2048 "
-          f"matrix product on this {device.type}, {ceiling / 1e9:.0f} GFLOP/s\n")
-    print("| size | GFLOP per image (fwd + bwd) | step GFLOP/s | of the matmul ceiling | depthwise 5x5 backward "
-          "| depthwise 3x3 backward | 1x1 backward | GPU busy |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"matrix product on this {device.type}, {ceiling / 1e9:.0f} GFLOP/s; the step's share in each kind of work\n")
+    print("| size | GFLOP per image (fwd + bwd) | step GFLOP/s | of the matmul ceiling | "
+          + " | ".join(SHARE_COLUMNS) + " | GPU busy |")
+    print("|---|---|---|---|" + "---|" * len(SHARE_COLUMNS) + "---|")
     for size, rate in images_per_second.items():
-        model = copy.deepcopy(base).to(device, memory_format=torch.channels_last).train()
+        model = copy.deepcopy(base).to(device, memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batches = our_batches(images, labels, preprocessing_for(config, size), batch_size, seed=0)
         batch_inputs, batch_labels = next(batches)
+        train_mode(model, keep_statistics)
         training_step(model, optimizer, batch_inputs, batch_labels)  # warm-up
         flops = step_flops(model, batch_inputs)
-        shares, step_seconds, busy = step_profile(model, optimizer, batches, 20 if device.type == "cuda" else 4, device)
+        shares, step_seconds, busy = step_profile(model, optimizer, batches, 20 if device.type == "cuda" else 4, device,
+                                                  keep_statistics)
         achieved = flops / batch_size * rate
-        share = {kind: 100 * shares.get(f"conv backward, {kind}", 0.0) / step_seconds
-                 for kind in ("depthwise 5x5", "depthwise 3x3", "1x1")}
         print(f"| {size} | {flops / batch_size / 1e9:.2f} | {achieved / 1e9:.1f} | {100 * achieved / ceiling:.0f}% | "
-              f"{share['depthwise 5x5']:.0f}% | {share['depthwise 3x3']:.0f}% | {share['1x1']:.0f}% | "
+              + " | ".join(f"{100 * shares.get(kind, 0.0) / step_seconds:.0f}%" for kind in SHARE_COLUMNS) + " | "
               + (f"{100 * busy / step_seconds:.0f}% |" if device.type == "cuda" else "n/a (CPU) |"), flush=True)
 
 
@@ -196,11 +224,14 @@ def our_batches(images: torch.Tensor, labels: torch.Tensor, preprocessing, batch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=str(SHARED / "data" / "cifar10"))
-    parser.add_argument("--pretrained-file", default=str(SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"))
+    parser.add_argument("--model", default="tf_efficientnet_lite0", help="a timm name")
+    parser.add_argument("--pretrained-file", help="its timm weights (default: ../shared/weights/MODEL.in1k.safetensors)")
     parser.add_argument("--sizes", default="32,128,224")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", default="2048,384,160", help="images per timed repeat, per size")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batchnorm", default=BatchNormChoice.AUTO, choices=list(BatchNormChoice),
+                        help="BatchNorm while training, as train.py's --batchnorm (auto: finetune's rule)")
     parser.add_argument("--compile", action="store_true", help="also time ours with the model under torch.compile "
                         "(compiled once per size, before the timed repeats)")
     args = parser.parse_args()
@@ -212,12 +243,16 @@ def main() -> None:
     split = dataset_dict["train"].select(range(min(len(dataset_dict["train"]), max(4096, max(counts) + args.batch_size))))
     decoded = data.decode_images(split, image_column, label_column, 32)
     images, labels = decoded.images.to(device), decoded.labels.to(device)  # where train.py keeps them
-    base = timm.create_model("tf_efficientnet_lite0", pretrained=True, num_classes=10, pretrained_cfg_overlay={
-        "file": str(Path(args.pretrained_file).resolve())})
+    weights = args.pretrained_file or SHARED / "weights" / f"{args.model}.in1k.safetensors"
+    base = timm.create_model(args.model, pretrained=True, num_classes=10, pretrained_cfg_overlay={
+        "file": str(Path(weights).resolve())})
+    keep_statistics = keeps_batchnorm_statistics(STRATEGIES[FINETUNE], args.batchnorm)
     config = timm.data.resolve_model_data_config(base)
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"lite0 finetune, batch {args.batch_size}, {precision}, {where}, median of {args.repeats} interleaved repeats\n")
+    batchnorm = "pretrained statistics" if keep_statistics else "batch statistics"
+    print(f"{args.model} finetune, batch {args.batch_size}, {precision}, BatchNorm with its {batchnorm}, {where}, "
+          f"median of {args.repeats} interleaved repeats\n")
     compiled_columns = " ours compiled images/s | compiled / ours |" if args.compile else ""
     print("| size | PIL + DataLoader images/s | data % | ours images/s | data % | ours / PIL |" + compiled_columns)
     print("|---|---|---|---|---|---|" + "---|---|" * args.compile)
@@ -239,20 +274,20 @@ def main() -> None:
             compiled_optimizer = torch.optim.AdamW(compiled_model.parameters(), lr=1e-4)
             compiled_forward = torch.compile(compiled_model)
             timed_steps(compiled_forward, compiled_optimizer, our_batches(  # compiles
-                images, labels, preprocessing, args.batch_size, 0), 1, device)
+                images, labels, preprocessing, args.batch_size, 0), 1, device, keep_statistics)
         for repeat in range(args.repeats):
             pil_model = copy.deepcopy(base).to(device)
             pil_optimizer = torch.optim.AdamW(pil_model.parameters(), lr=1e-4)
-            results["pil"].append(timed_steps(pil_model, pil_optimizer, loader, steps, device))
+            results["pil"].append(timed_steps(pil_model, pil_optimizer, loader, steps, device, keep_statistics))
             our_model = copy.deepcopy(base).to(device, memory_format=torch.channels_last)
             our_optimizer = torch.optim.AdamW(our_model.parameters(), lr=1e-4)
             results["ours"].append(timed_steps(our_model, our_optimizer, our_batches(
                 images, labels, preprocessing, args.batch_size, repeat),
-                steps, device))
+                steps, device, keep_statistics))
             if args.compile:
                 results["compiled"].append(timed_steps(compiled_forward, compiled_optimizer, our_batches(
                     images, labels, preprocessing, args.batch_size, repeat),
-                    steps, device))
+                    steps, device, keep_statistics))
         row = {}
         for name, runs in results.items():
             total = statistics.median(run[0] for run in runs)
@@ -262,7 +297,7 @@ def main() -> None:
               f"{row['ours'][0] / row['pil'][0]:.2f}x |"
               + (f" {row['compiled'][0]:.1f} | {row['compiled'][0] / row['ours'][0]:.2f}x |" if args.compile else ""),
               flush=True)
-    print_bounds(base, images, labels, config, our_rates, args.batch_size, device)
+    print_bounds(base, images, labels, config, our_rates, args.batch_size, device, keep_statistics)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,18 @@ def test_a_budget_sweep_says_who_wins_at_each_budget_and_where_scratch_overtakes
                                  "(4.0 points).") for sentence in findings(summarize(rows)))
 
 
+def test_a_probe_at_every_budget_is_one_point_with_one_label_on_the_pareto_plot():
+    from tl_space.study.report import budget_labels, summarize
+
+    # A probe's budget ends with its cached features: the same accuracy at every budget, its wall minutes a few
+    # seconds apart (the time to read the cache), so one label names all its budgets instead of four on one spot.
+    rows = [sweep_row("linear-probe", minutes, 0.78, 0.1, cold_minutes=cold)
+            for minutes, cold in ((1, 5.4), (5, 5.5), (15, 5.56), (60, 5.6))]
+    rows += [sweep_row("finetune", 1, 0.81, 3.0), sweep_row("finetune", 5, 0.87, 6.9)]
+    labels = {(strategy, text) for strategy, _, _, text in budget_labels(summarize(rows))}
+    assert labels == {("linear-probe", "1, 5, 15, 60 min"), ("finetune", "1 min"), ("finetune", "5 min")}
+
+
 def test_a_budget_sweep_writes_its_plots_and_a_table_with_the_budget(tmp_path):
     from tl_space.folder.study import study_row
     from tl_space.study.report import study_readme, summarize, write_study_files

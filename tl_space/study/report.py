@@ -322,6 +322,27 @@ def plot_accuracy_vs_shots(summary: list[dict], rows: list[dict], path: Path) ->
     return save_png(figure, path)
 
 
+# Points of one recipe with the same accuracy whose wall minutes differ by less than this ratio overlap on the plot's
+# log axis: a probe's budget ends with its cached features, so its runs differ only by the seconds reading them took.
+SAME_POINT_MINUTES_RATIO = 1.1
+
+
+def budget_labels(entries: list[dict]) -> list[tuple[str, float, float, str]]:
+    """(strategy, wall minutes, accuracy, label) of each point of the Pareto plot, its budgets in the label: one
+    label for the runs of a recipe that land on the same point."""
+    points: list[tuple[str, float, float, list[float]]] = []
+    for entry in (entry for entry in entries if entry["minutes"] is not None):
+        strategy, minutes, accuracy = entry["strategy"], entry["mean_cold_wall_seconds"] / 60, entry["mean_test_accuracy"]
+        same = next((point for point in points if point[0] == strategy and point[2] == accuracy
+                     and max(minutes, point[1]) < SAME_POINT_MINUTES_RATIO * min(minutes, point[1])), None)
+        if same:
+            same[3].append(entry["minutes"])
+        else:
+            points.append((strategy, minutes, accuracy, [entry["minutes"]]))
+    return [(strategy, minutes, accuracy, ", ".join(f"{budget:g}" for budget in budgets) + " min")
+            for strategy, minutes, accuracy, budgets in points]
+
+
 def plot_pareto(summary: list[dict], path: Path) -> Path:
     """Test accuracy vs wall minutes (log scale) of every recipe at the largest shot size, each point labelled with
     its strategy and budget, and the front of those no other beats in both."""
@@ -333,13 +354,9 @@ def plot_pareto(summary: list[dict], path: Path) -> Path:
         axes.errorbar([entry["mean_cold_wall_seconds"] / 60 for entry in own],
                       [entry["mean_test_accuracy"] for entry in own], yerr=[entry["std_test_accuracy"] for entry in own],
                       fmt="o", capsize=3, color=_colour(strategy), label=f"{strategy} ({own[0].get('model') or '?'})")
-    budgets_at: dict[tuple, list[float]] = {}  # a probe gives the same point at every budget: one label for all
-    for entry in (entry for entry in entries if entry["minutes"] is not None):
-        point = (entry["strategy"], round(entry["mean_cold_wall_seconds"] / 60, 2), entry["mean_test_accuracy"])
-        budgets_at.setdefault(point, []).append(entry["minutes"])
-    for (strategy, minutes, accuracy), budgets in budgets_at.items():
-        axes.annotate(", ".join(f"{budget:g}" for budget in budgets) + " min", (minutes, accuracy),
-                      textcoords="offset points", xytext=(5, -10), fontsize=7, color=_colour(strategy))
+    for strategy, minutes, accuracy, text in budget_labels(entries):
+        axes.annotate(text, (minutes, accuracy), textcoords="offset points", xytext=(5, -10), fontsize=7,
+                      color=_colour(strategy))
     front = pareto_front(entries)
     axes.step([entry["mean_cold_wall_seconds"] / 60 for entry in front], [entry["mean_test_accuracy"] for entry in front],
               where="post", color="black", alpha=0.5, linewidth=1, label="front: best accuracy for the time")

@@ -73,21 +73,22 @@ def main() -> None:
             if "compare" in tabs:
                 compare_screenshot(page, args.image)
                 page.goto(url)
-            if not tabs & {"classify", "mistakes", "report", "study"}:
-                browser.close()
-                return
-            page.locator("input[type=file]").first.set_input_files(args.image)
-            page.get_by_role("button", name="Classify", exact=True).click()
-            page.get_by_text("Predicted in").wait_for(timeout=60_000)
-            page.get_by_label("Show where the model looks (Grad-CAM heatmap)").check()
-            wait_for_images(page, "#cam-image img")
-            page.screenshot(path=str(ROOT / "docs" / "classify.png"), full_page=True)
-            page.get_by_role("tab", name="Where it fails").click()
-            wait_for_images(page, "#mistakes-gallery img")
-            page.locator("#mistakes-gallery img").first.click()
-            wait_for_images(page, "#mistake-cams img", count=2)
-            page.screenshot(path=str(ROOT / "docs" / "mistakes.png"), full_page=True)
-            for tab, name, selector in (("Training report", "report.png", "img"), ("Study", "study.png", ".study-plot img")):
+            if "classify" in tabs:
+                page.locator("input[type=file]").first.set_input_files(args.image)
+                page.get_by_role("button", name="Classify", exact=True).click()
+                page.get_by_text("Predicted in").wait_for(timeout=60_000)
+                page.get_by_label("Show where the model looks (Grad-CAM heatmap)").check()
+                wait_for_images(page, "#cam-image img")
+                page.screenshot(path=str(ROOT / "docs" / "classify.png"), full_page=True)
+            if "mistakes" in tabs:
+                page.get_by_role("tab", name="Where it fails").click()
+                wait_for_images(page, "#mistakes-gallery img")
+                page.locator("#mistakes-gallery img").first.click()
+                wait_for_images(page, "#mistake-cams img", count=2)
+                page.screenshot(path=str(ROOT / "docs" / "mistakes.png"), full_page=True)
+            for tab, name, selector in (("Training report", "report", "img"), ("Study", "study", ".study-plot img")):
+                if name not in tabs:
+                    continue
                 page.get_by_role("tab", name=tab).click()
                 time.sleep(1)
                 # The browser loads images below the fold (loading="lazy") only once they are scrolled to.
@@ -95,7 +96,7 @@ def main() -> None:
                               " window.scrollTo(0, y); await new Promise(done => setTimeout(done, 100)); }"
                               " window.scrollTo(0, 0); }")
                 wait_for_images(page, selector)
-                page.screenshot(path=str(ROOT / "docs" / name), full_page=True)
+                page.screenshot(path=str(ROOT / "docs" / f"{name}.png"), full_page=True)
             browser.close()
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tl_space.app.served import load_served_model  # noqa: E402
-from tl_space.data import decode_images, open_dataset  # noqa: E402
-from tl_space.transforms import to_model_input  # noqa: E402
+from tl_space.data import LabelledImages, decode_images, open_dataset  # noqa: E402
+from tl_space.training.evaluation import final_logits  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 
@@ -36,11 +37,6 @@ def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., pad - dy:pad - dy + height, pad - dx:pad - dx + width]
 
 
-@torch.inference_mode()
-def logits_of(model: torch.nn.Module, images: torch.Tensor, preprocessing, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([model(to_model_input(batch, preprocessing)).float() for batch in images.split(batch_size)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[str(ROOT / "model")], help="model folders")
@@ -48,6 +44,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="the first N test images (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    accelerator = Accelerator(cpu=True)
     dataset_dict, image_column, label_column, _ = open_dataset(args.dataset)
     test = dataset_dict["test"]
     if args.images:
@@ -62,14 +59,17 @@ def main() -> None:
         model, preprocessing = loaded.model.eval(), loaded.preprocessing
         decoded = decode_images(test, image_column, label_column, preprocessing.image_size)
         images, labels = decoded.images, decoded.labels
+
+        def logits_of(view: torch.Tensor) -> torch.Tensor:  # as training evaluates: the whole model, unaugmented
+            return final_logits(accelerator, model, LabelledImages(view, labels), preprocessing, False, 64, "")
+
         step = max(1, round(images.shape[-1] / 32))  # one pixel of a 32-px image
         started = time.perf_counter()
-        plain = logits_of(model, images, preprocessing)
+        plain = logits_of(images)
         plain_seconds = time.perf_counter() - started
-        flips = (plain + logits_of(model, images.flip(-1), preprocessing)) / 2
+        flips = (plain + logits_of(images.flip(-1))) / 2
         moved = [shifted(images, sign * step, sign * step) for sign in (-1, 1)]
-        translated = sum((logits_of(model, view, preprocessing) + logits_of(model, view.flip(-1), preprocessing)) / 4
-                         for view in moved)
+        translated = sum((logits_of(view) + logits_of(view.flip(-1))) / 4 for view in moved)
         both = flips / 2 + translated / 2
         all_seconds = time.perf_counter() - started
         accuracy = {name: (logits.argmax(dim=1) == labels).double().mean().item()

@@ -154,14 +154,12 @@ SHARE_COLUMNS = ("conv backward, depthwise 5x5", "conv backward, depthwise 3x3",
                  "conv backward, dense 3x3", "conv forward", "BatchNorm", "activations", "padding", "optimiser")
 
 
-def step_profile(model, optimizer, batches, steps: int, device: torch.device, keep_statistics: bool
-                 ) -> tuple[dict[str, float], float, float]:
+def step_profile(model, optimizer, batches, steps: int, device: torch.device) -> tuple[dict[str, float], float, float]:
     """Per-step seconds of each kind of work (WORK_KINDS, and the convolutions' backward by kind; device time on a
     GPU, else CPU time), the per-step wall seconds, and the seconds per step that the GPU runs kernels (0 on a CPU).
-    Making the batches is part of the step."""
+    Making the batches is part of the step; the model is in the mode it trains in."""
     batches = iter(batches)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    train_mode(model, keep_statistics)
     synchronize(device)
     with profile(activities=activities, record_shapes=True) as profiler:
         started = time.perf_counter()
@@ -204,8 +202,7 @@ def print_bounds(base, images: torch.Tensor, labels: torch.Tensor, config, image
         train_mode(model, keep_statistics)
         training_step(model, optimizer, batch_inputs, batch_labels)  # warm-up
         flops = step_flops(model, batch_inputs)
-        shares, step_seconds, busy = step_profile(model, optimizer, batches, 20 if device.type == "cuda" else 4, device,
-                                                  keep_statistics)
+        shares, step_seconds, busy = step_profile(model, optimizer, batches, 20 if device.type == "cuda" else 4, device)
         achieved = flops / batch_size * rate
         print(f"| {size} | {flops / batch_size / 1e9:.2f} | {achieved / 1e9:.1f} | {100 * achieved / ceiling:.0f}% | "
               + " | ".join(f"{100 * shares.get(kind, 0.0) / step_seconds:.0f}%" for kind in SHARE_COLUMNS) + " | "
